@@ -1,0 +1,42 @@
+# repnas_mm: the two commands a new user needs are `make demo` and `make test`.
+#
+#   make setup     create .venv/ and install the pinned stack (mmcv ops built once, then cached)
+#   make test      setup if needed, then the test suite
+#   make demo      setup if needed, then the main job on an embedded real data set
+#
+# Use another environment instead of .venv:   make test VENV=/path/to/env
+# (it is created if missing; an existing one only gets what it lacks).
+
+SHELL := /bin/bash
+VENV ?= $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.repnas_mm-setup
+SETUP_INPUTS := requirements/torch.txt requirements/runtime.txt requirements/tests.txt \
+	requirements/build.txt setup.py pyproject.toml scripts/setup_env.sh scripts/build_mmcv.py
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+
+.PHONY: help setup test demo clean
+
+help:
+	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
+
+# `make setup` always runs the (idempotent) script; `make test`/`make demo` run it only when
+# the environment is missing or one of its inputs changed.
+setup:
+	VENV="$(VENV)" bash scripts/setup_env.sh
+	@touch "$(STAMP)"
+
+$(STAMP): $(SETUP_INPUTS)
+	VENV="$(VENV)" bash scripts/setup_env.sh
+	@touch "$(STAMP)"
+
+test: $(STAMP)
+	"$(PY)" -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	bash scripts/ensure_fashion_mnist.sh
+	"$(PY)" tools/demo.py $(DEMO_ARGS)
+
+clean:
+	rm -rf work_dirs .pytest_cache

@@ -1,0 +1,21 @@
+"""repnas_mm: RepNAS search, training, fusion and deployment of structurally
+re-parameterized CNNs, for OpenMMLab.
+
+``repnas_mm.rep`` needs only torch. When the OpenMMLab stack is installed,
+importing ``repnas_mm`` also registers its modules in the mmpretrain and mmdet
+registries, so configs need only ``custom_imports=dict(imports=['repnas_mm'])``.
+"""
+from importlib.util import find_spec
+
+from .version import __version__
+
+__all__ = ['__version__']
+
+if find_spec('mmengine') is not None:
+    try:
+        from . import models  # noqa: F401  (registers modules)
+    except ImportError as exc:
+        raise ImportError(
+            f'repnas_mm could not register its OpenMMLab modules: {exc}. '
+            'Run `python tools/collect_env.py --check` to see what is '
+            'missing, or `make setup`.') from exc

@@ -1,0 +1,110 @@
+"""Build an mmengine ``Runner`` from command-line options.
+
+Shared by ``tools/train.py`` and ``tools/test.py`` so both behave the same for
+mmpretrain and mmdet configs: the config's ``default_scope`` decides which
+registries are used; this module only merges options into the config.
+
+CPU-only distributed runs (``--launcher pytorch`` under ``torchrun`` on a
+machine without a GPU) need two things mmengine 0.10 does not do by itself:
+a ``gloo`` process group created before the Runner (mmengine's ``init_dist``
+calls ``torch.cuda.set_device``), and a DDP wrapper without ``device_ids``.
+"""
+import os
+import os.path as osp
+
+import torch
+import torch.distributed as torch_dist
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+
+LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
+
+
+def add_common_args(parser):
+    """Options shared by train and test."""
+    parser.add_argument('config', help='config file path')
+    parser.add_argument(
+        '--work-dir',
+        help='where logs and checkpoints go '
+        '(default: ./work_dirs/<config name>)')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config keys, e.g. '
+        'train_dataloader.batch_size=8 model.backbone.arch=A1')
+    parser.add_argument(
+        '--launcher',
+        choices=LAUNCHERS,
+        default='none',
+        help='job launcher (use `pytorch` under torchrun)')
+    # torchrun passes --local-rank; older launchers --local_rank.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    return parser
+
+
+def load_config(args):
+    """Read the config and merge the options every tool shares."""
+    if not osp.isfile(args.config):
+        raise SystemExit(f'error: config file not found: {args.config}')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return cfg
+
+
+def enable_amp(cfg):
+    """Switch the config's optimizer wrapper to mixed precision."""
+    wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+    if wrapper == 'AmpOptimWrapper':
+        return
+    if wrapper != 'OptimWrapper':
+        raise SystemExit(f'error: --amp needs optim_wrapper.type = '
+                         f'OptimWrapper, the config has {wrapper}')
+    cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+
+
+def setup_resume(cfg, resume):
+    """``--resume`` alone: latest checkpoint in work_dir; with a path: it."""
+    if resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif resume is not None:
+        cfg.resume = True
+        cfg.load_from = resume
+
+
+def prepare_cpu_distributed(cfg):
+    """Make ``--launcher pytorch`` work without a GPU (gloo, no device_ids).
+
+    A no-op when CUDA is available or the launcher is ``none``.
+    """
+    if cfg.launcher == 'none' or torch.cuda.is_available():
+        return
+    if cfg.launcher != 'pytorch':
+        raise SystemExit(f'error: launcher {cfg.launcher!r} needs CUDA; '
+                         'on CPU use torchrun with --launcher pytorch')
+    if not torch_dist.is_initialized():
+        # The Runner skips its own init_dist when a group exists.
+        torch_dist.init_process_group(backend='gloo')
+    wrapper = dict(type='MMDistributedDataParallel', device_ids=None)
+    wrapper.update(cfg.get('model_wrapper_cfg', None) or {})
+    cfg.model_wrapper_cfg = wrapper
+    cfg.env_cfg = dict(cfg.get('env_cfg', {}))
+    cfg.env_cfg['dist_cfg'] = dict(backend='gloo')
+
+
+def build_runner(cfg):
+    """``Runner.from_cfg`` honouring a custom ``runner_type``."""
+    if 'runner_type' in cfg:
+        from mmengine.registry import RUNNERS
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Create (or update) the Python environment that repnas_mm runs in. Idempotent.
+#
+#   scripts/setup_env.sh                 # .venv/ at the repo root (what `make setup` does)
+#   VENV=/path/to/env scripts/setup_env.sh   # install into an existing environment instead
+#
+# Steps: venv -> torch -> mmcv 2.1.0 with compiled ops (built once by scripts/build_mmcv.py and
+# cached outside the repo) -> the rest of the stack -> repnas_mm (editable) -> a check that
+# everything imports and mmcv's ops are compiled.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3.11}"
+REQ="$ROOT/requirements"
+PIP_FLAGS=(--disable-pip-version-check --no-input)
+START=$(date +%s)
+STEP=""
+NSTEPS=6
+I=0
+
+step() {
+  I=$((I + 1))
+  STEP="$*"
+  echo "[setup] step $I/$NSTEPS: $* ($(($(date +%s) - START)) s)"
+}
+on_error() {
+  local rc=$?
+  echo "[setup] FAILED at step $I/$NSTEPS: $STEP (exit $rc)" >&2
+  exit "$rc"
+}
+trap on_error ERR
+
+step "python environment at $VENV"
+if [ -x "$VENV/bin/python" ]; then
+  echo "[setup]   exists: $("$VENV/bin/python" --version)"
+else
+  command -v "$PYTHON" >/dev/null || {
+    echo "[setup] no '$PYTHON' on PATH; set PYTHON=/path/to/python3.11" >&2; false; }
+  "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' || {
+    echo "[setup] repnas_mm is pinned to Python 3.11; set PYTHON=/path/to/python3.11" >&2; false; }
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip "${PIP_FLAGS[@]}")
+
+step "torch + torchvision ($REQ/torch.txt)"
+"${PIP[@]}" install -q -r "$REQ/torch.txt"
+
+step "mmcv 2.1.0 with compiled ops"
+if "$PY" -c 'import mmcv, mmcv._ext; assert mmcv.__version__ == "2.1.0"' 2>/dev/null; then
+  echo "[setup]   already installed with ops"
+  WHEEL_DIR="$("$PY" "$ROOT/scripts/build_mmcv.py" --print-variant)"
+else
+  WHEEL="$("$PY" "$ROOT/scripts/build_mmcv.py")"
+  WHEEL_DIR="$(dirname "$WHEEL")"
+fi
+
+step "OpenMMLab stack and tools ($REQ/runtime.txt, $REQ/tests.txt)"
+# --only-binary mmcv: never let pip try the (unbuildable) sdist; the wheel comes from our cache.
+"${PIP[@]}" install -q --find-links "$WHEEL_DIR" --only-binary mmcv \
+  -c "$REQ/torch.txt" -r "$REQ/runtime.txt" -r "$REQ/tests.txt"
+
+step "repnas_mm (editable)"
+"${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
+
+step "check"
+"$PY" "$ROOT/tools/collect_env.py" --check
+
+echo "[setup] done in $(($(date +%s) - START)) s; interpreter: $PY"

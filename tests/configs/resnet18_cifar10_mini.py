@@ -1,0 +1,38 @@
+# Smoke config: the stock mmpretrain ResNet-18 CIFAR-10 recipe on the real images of
+# ../shared/data/cifar10_mini (class-per-folder JPEGs), a few iterations. Tests override data_root.
+_base_ = 'mmpretrain::resnet/resnet18_8xb16_cifar10.py'
+
+data_root = '{{ fileDirname }}/../../../shared/data/cifar10_mini'
+# JPEGs are loaded as BGR (the stock config reads CIFAR's RGB binaries).
+data_preprocessor = dict(to_rgb=True)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='RandomCrop', crop_size=32, padding=4),
+    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+    dict(type='PackInputs'),
+]
+test_pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
+train_dataloader = dict(
+    batch_size=16,
+    num_workers=0,
+    dataset=dict(
+        _delete_=True,
+        type='CustomDataset',
+        data_root=data_root,
+        data_prefix='train',
+        indices=16,  # one iteration per epoch
+        pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=32,
+    num_workers=0,
+    dataset=dict(
+        _delete_=True,
+        type='CustomDataset',
+        data_root=data_root,
+        data_prefix='val',
+        indices=64,
+        pipeline=test_pipeline))
+test_dataloader = val_dataloader
+train_cfg = dict(max_epochs=1, val_interval=1)
+default_hooks = dict(logger=dict(interval=1))
+randomness = dict(seed=0)

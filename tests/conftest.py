@@ -1,0 +1,54 @@
+"""Shared fixtures: the repo, the real test data, and running our CLIs."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / 'shared' / 'data'
+
+
+def _data(name):
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f'real test data {path} is absent (a user clone without '
+                    '../shared/data); CI always has it')
+    return path
+
+
+@pytest.fixture
+def cifar10_mini():
+    return _data('cifar10_mini')
+
+
+@pytest.fixture
+def coco8():
+    return _data('coco8')
+
+
+def run_tool(*args, timeout=900, env=None, check=True):
+    """Run ``python <args>`` from the repo root; fail with the output tail."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED='1')
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, *map(str, args)],
+                          cwd=REPO,
+                          env=full_env,
+                          capture_output=True,
+                          text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        out = (proc.stdout + proc.stderr)[-6000:]
+        pytest.fail(f'{" ".join(map(str, args))} exited {proc.returncode}:'
+                    f'\n{out}')
+    return proc
+
+
+def read_scalars(work_dir):
+    """The scalars mmengine's LocalVisBackend logged, one dict per line."""
+    files = sorted(Path(work_dir).glob('*/vis_data/scalars.json'))
+    assert files, f'no scalars.json under {work_dir}'
+    with open(files[-1]) as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,43 @@
+#!/usr/bin/env python
+"""Evaluate a checkpoint with the config's test dataloader and evaluator.
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl]
+    bash tools/dist_test.sh CONFIG CHECKPOINT 8
+"""
+import argparse
+import os.path as osp
+
+import repnas_mm  # noqa: F401  (registers repnas_mm modules)
+from repnas_mm.runner import (add_common_args, build_runner, load_config,
+                              prepare_cpu_distributed)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    add_common_args(parser)
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument(
+        '--out', help='also dump the raw predictions to this .pkl file')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not osp.isfile(args.checkpoint):
+        raise SystemExit(f'error: checkpoint not found: {args.checkpoint}')
+    cfg = load_config(args)
+    cfg.load_from = args.checkpoint
+    prepare_cpu_distributed(cfg)
+    runner = build_runner(cfg)
+    if args.out is not None:
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise SystemExit('error: --out must end with .pkl or .pickle')
+        from mmengine.evaluator import DumpResults
+        runner.test_evaluator.metrics.append(
+            DumpResults(out_file_path=args.out))
+    metrics = runner.test()
+    return metrics
+
+
+if __name__ == '__main__':
+    main()
