@@ -1,0 +1,183 @@
+"""ODBB: a KxK conv (+BN) trained as a set of parallel linear branches.
+
+The block knows only which of its branches are active and, optionally, the
+gate value each branch output is multiplied by. Who decides those (a RepNAS
+search, DyRep, a fixed preset) is not the block's business: a search sets
+``block.active`` and ``block.gates`` from outside every iteration.
+"""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .branches import NormLayer, build_branch
+from .presets import BranchSpec, canonical, resolve_branches
+from .transforms import KernelBias, add_branches
+
+# Branches whose conv kernel can be a centre crop of the main KxK kernel.
+SHAREABLE = ('1x1', 'kxk', '1x1_kxk', '1x1_avg', '1xk', 'kx1')
+
+
+class ODBB(nn.Module):
+    """Optimal diverse branch block (RepNAS Sec. 3.2).
+
+    Replaces ``Conv2d(in, out, K, stride, K // 2, groups=groups, bias=False)
+    + BN``; no activation. In training it is the sum of its active branches,
+    each followed by its own BN; :meth:`fuse` gives the one equivalent KxK
+    conv, and :meth:`switch_to_deploy` turns the block into it.
+
+    Args:
+        in_channels, out_channels (int): channels.
+        kernel_size (int): odd K. Padding is ``K // 2``.
+        stride (int): 1 or more.
+        groups (int): conv groups, dividing both channel counts.
+        branches (str | list[str]): a preset name (``plain``, ``repvgg``,
+            ``acb``, ``dbb``, ``full``; filtered to the branches legal here)
+            or an explicit list of branch names (checked strictly).
+        weight_sharing (bool): conv branches take their kernels from one main
+            KxK kernel (RepNAS Eq. 5); each branch keeps its own BN.
+        deploy (bool): build the fused single conv directly (so that fused
+            checkpoints load strictly).
+        norm_layer: builds a BN from a channel count.
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 kernel_size: int = 3,
+                 stride: int = 1,
+                 groups: int = 1,
+                 branches: BranchSpec = 'full',
+                 weight_sharing: bool = True,
+                 deploy: bool = False,
+                 norm_layer: NormLayer = nn.BatchNorm2d):
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f'kernel_size must be odd, got {kernel_size}')
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f'groups={groups} must divide in_channels='
+                             f'{in_channels} and out_channels={out_channels}')
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.groups = groups
+        self.weight_sharing = weight_sharing
+        self.branch_names = resolve_branches(branches, in_channels,
+                                             out_channels, stride)
+        self._active = self.branch_names
+        self.gates: Optional[Tensor] = None
+        self.deploy = deploy
+        if deploy:
+            self.fused_conv = self._make_fused_conv()
+            return
+        self.fused_conv = None
+        share = weight_sharing and any(n in SHAREABLE
+                                       for n in self.branch_names)
+        if share:
+            self.weight = nn.Parameter(
+                torch.empty(out_channels, in_channels // groups, kernel_size,
+                            kernel_size))
+            nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+        else:
+            self.weight = None
+        self.branches = nn.ModuleDict({
+            name: build_branch(name, in_channels, out_channels, kernel_size,
+                               stride, groups, share and name in SHAREABLE,
+                               norm_layer)
+            for name in self.branch_names
+        })
+
+    def _make_fused_conv(self) -> nn.Conv2d:
+        return nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.kernel_size // 2,
+            groups=self.groups,
+            bias=True)
+
+    # -- the state a search policy drives -------------------------------
+    @property
+    def active(self) -> tuple:
+        """Names of the branches that run, in canonical order."""
+        return self._active
+
+    @active.setter
+    def active(self, names: Sequence[str]):
+        names = canonical(list(names))
+        if not names:
+            raise ValueError('a block needs at least one active branch')
+        missing = [n for n in names if n not in self.branch_names]
+        if missing:
+            raise ValueError(f'branch {missing[0]!r} is not in this block '
+                             f'(it has {self.branch_names})')
+        self._active = names
+
+    def set_gates(self, gates: Optional[Tensor]):
+        """Multiply each branch output by a gate (or ``None``: by nothing).
+
+        ``gates`` has one entry per name in :attr:`branch_names`; entries of
+        inactive branches are ignored.
+        """
+        if gates is not None and gates.shape != (len(self.branch_names), ):
+            raise ValueError(f'gates must have shape '
+                             f'({len(self.branch_names)},), got '
+                             f'{tuple(gates.shape)}')
+        self.gates = gates
+
+    # -- training-time form ---------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        if self.fused_conv is not None:
+            return self.fused_conv(x)
+        out = None
+        for i, name in enumerate(self.branch_names):
+            if name not in self._active:
+                continue  # pruned: neither run forward nor backward
+            y = self.branches[name](x, self.weight)
+            if self.gates is not None:
+                y = y * self.gates[i]
+            out = y if out is None else out + y
+        return out
+
+    # -- fusion -----------------------------------------------------------
+    def fuse(self) -> KernelBias:
+        """The KxK ``(kernel, bias)`` equal to the active branches in eval.
+
+        Differentiable with respect to the branch parameters and gates.
+        """
+        if self.fused_conv is not None:
+            return self.fused_conv.weight, self.fused_conv.bias
+        parts = []
+        for i, name in enumerate(self.branch_names):
+            if name not in self._active:
+                continue
+            kernel, bias = self.branches[name].kernel_bias(self.weight)
+            if self.gates is not None:
+                kernel, bias = kernel * self.gates[i], bias * self.gates[i]
+            parts.append((kernel, bias))
+        return add_branches(parts)
+
+    def switch_to_deploy(self):
+        """Replace the branches by one conv. Idempotent."""
+        if self.fused_conv is not None:
+            return
+        with torch.no_grad():
+            kernel, bias = self.fuse()
+        conv = self._make_fused_conv().to(kernel.device, kernel.dtype)
+        conv.weight.data.copy_(kernel)
+        conv.bias.data.copy_(bias)
+        del self.branches
+        self.weight = None
+        self.gates = None
+        self.branch_names = self._active
+        self.fused_conv = conv
+        self.deploy = True
+
+    def extra_repr(self):
+        return (f'{self.in_channels}, {self.out_channels}, '
+                f'kernel_size={self.kernel_size}, stride={self.stride}, '
+                f'groups={self.groups}, branches={self.active}, '
+                f'weight_sharing={self.weight_sharing}, deploy={self.deploy}')

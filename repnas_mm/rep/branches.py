@@ -1,0 +1,279 @@
+"""The seven linear branches of an optimal diverse branch block (ODBB).
+
+Each branch is ``conv(s) + BN`` (or BN alone for ``identity``) and has two
+verbs:
+
+- ``forward(x, weight=None)``: its output. ``weight`` is the block's main
+  KxK kernel; a branch built with ``shared=True`` takes its conv kernel from
+  it (RepNAS Eq. 5: 1x1 = centre, 1xK = middle row, Kx1 = middle column,
+  and the KxK of ``1x1_kxk`` is the whole kernel).
+- ``kernel_bias(weight=None)``: its exact equivalent ``(kernel, bias)`` as a
+  KxK conv with stride ``stride`` and padding ``K // 2`` (eval-mode BN).
+
+Borders: branches that apply a second conv or a pooling after a BN
+(``1x1_kxk``, ``1x1_avg``) pad the BN output with the value that BN gives a
+zero input, so they equal one KxK conv on a zero-padded input at the image
+border too. DBB takes that value from the running statistics even in
+training; we take it from the statistics the BN normalises with at that
+moment (batch statistics in training), which keeps the training-time branch
+one well-defined function (and gradient checkpointing exact). In eval mode
+both are the running statistics, and the fusion is exact.
+"""
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .transforms import (KernelBias, avg_pool_kernel, bn_of_zero,
+                         centre_crop_kernel, fuse_bn, identity_kernel,
+                         merge_1x1_kxk, pad_to_kernel_size)
+
+#: Every branch type, in the one fixed order used by blocks, searches and
+#: architecture files.
+BRANCH_NAMES = ('1x1', 'kxk', '1x1_kxk', '1x1_avg', '1xk', 'kx1', 'identity')
+
+NormLayer = Callable[[int], nn.Module]
+
+
+def _bn_stats(bn: nn.Module):
+    """(running_mean, running_var, gamma, beta, eps) of a BatchNorm."""
+    ones = torch.ones_like(bn.running_mean)
+    gamma = bn.weight if bn.weight is not None else ones
+    beta = bn.bias if bn.bias is not None else torch.zeros_like(ones)
+    return bn.running_mean, bn.running_var, gamma, beta, bn.eps
+
+
+def fuse_conv_bn(kernel: Tensor, bn: nn.Module) -> KernelBias:
+    """:func:`fuse_bn` reading the statistics from a BN module."""
+    return fuse_bn(kernel, *_bn_stats(bn))
+
+
+def pad_with_bn_of_zero(bn_out: Tensor, bn: nn.Module, padding: int,
+                        bn_in: Tensor) -> Tensor:
+    """Pad ``bn_out = bn(bn_in)`` with BN(0) instead of zeros (exact borders).
+
+    BN(0) is taken as the BN computes it now: from the batch statistics of
+    ``bn_in`` when it normalises with batch statistics (training), from its
+    running statistics otherwise. So the padded map is always the BN of a
+    zero-padded input, and a recomputation (gradient checkpointing) gives
+    the same result as the first pass.
+    """
+    if padding == 0:
+        return bn_out
+    mean, var, gamma, beta, eps = _bn_stats(bn)
+    if bn.training or bn.running_mean is None:
+        var, mean = torch.var_mean(bn_in, dim=(0, 2, 3), unbiased=False)
+    value = bn_of_zero(mean, var, gamma, beta, eps).reshape(1, -1, 1, 1)
+    return F.pad(bn_out - value, (padding, ) * 4) + value
+
+
+def _new_kernel(out_channels, in_per_group, kh, kw) -> nn.Parameter:
+    weight = nn.Parameter(torch.empty(out_channels, in_per_group, kh, kw))
+    nn.init.kaiming_uniform_(weight, a=5**0.5)  # nn.Conv2d's default
+    return weight
+
+
+class Branch(nn.Module):
+    """Common arguments of every branch.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, groups: those of the
+            KxK conv the block replaces (``kernel_size`` odd, padding
+            ``kernel_size // 2``).
+        shared (bool): take the conv kernel from the block's main KxK kernel
+            (weight sharing) instead of owning one.
+        norm_layer: builds the BN of the branch from a channel count.
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 kernel_size: int,
+                 stride: int = 1,
+                 groups: int = 1,
+                 shared: bool = False,
+                 norm_layer: NormLayer = nn.BatchNorm2d):
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.groups = groups
+        self.shared = shared
+
+    def extra_repr(self):
+        return f'shared={self.shared}'
+
+    def forward(self, x: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+        raise NotImplementedError
+
+    def kernel_bias(self, weight: Optional[Tensor] = None) -> KernelBias:
+        raise NotImplementedError
+
+
+class ConvBranch(Branch):
+    """``kh x kw`` conv + BN: the ``1x1``, ``kxk``, ``1xk`` and ``kx1`` branches."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1,
+                 groups=1, shared=False, norm_layer=nn.BatchNorm2d, *,
+                 kh: int, kw: int):
+        super().__init__(in_channels, out_channels, kernel_size, stride,
+                         groups, shared, norm_layer)
+        self.kh, self.kw = kh, kw
+        if not shared:
+            self.weight = _new_kernel(out_channels, in_channels // groups, kh,
+                                      kw)
+        self.bn = norm_layer(out_channels)
+
+    def _kernel(self, weight):
+        if not self.shared:
+            return self.weight
+        if weight is None:
+            raise ValueError('a shared branch needs the main kernel')
+        return centre_crop_kernel(weight, self.kh, self.kw)
+
+    def forward(self, x, weight=None):
+        y = F.conv2d(x, self._kernel(weight), None, self.stride,
+                     (self.kh // 2, self.kw // 2), 1, self.groups)
+        return self.bn(y)
+
+    def kernel_bias(self, weight=None):
+        kernel, bias = fuse_conv_bn(self._kernel(weight), self.bn)
+        return pad_to_kernel_size(kernel, self.kernel_size), bias
+
+
+class Conv1x1KxKBranch(Branch):
+    """1x1 conv + BN, then KxK conv + BN (DBB's 1x1-KxK branch).
+
+    The 1x1 conv maps ``in_channels`` to ``in_channels`` (so the KxK conv has
+    the main kernel's shape and can share it) and starts as the identity.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1,
+                 groups=1, shared=False, norm_layer=nn.BatchNorm2d):
+        super().__init__(in_channels, out_channels, kernel_size, stride,
+                         groups, shared, norm_layer)
+        self.weight_1x1 = nn.Parameter(
+            torch.empty(in_channels, in_channels // groups, 1, 1))
+        nn.init.dirac_(self.weight_1x1, groups=groups)
+        self.bn_1x1 = norm_layer(in_channels)
+        if not shared:
+            self.weight = _new_kernel(out_channels, in_channels // groups,
+                                      kernel_size, kernel_size)
+        self.bn = norm_layer(out_channels)
+
+    def _kernel(self, weight):
+        if not self.shared:
+            return self.weight
+        if weight is None:
+            raise ValueError('a shared branch needs the main kernel')
+        return weight
+
+    def forward(self, x, weight=None):
+        u = F.conv2d(x, self.weight_1x1, None, 1, 0, 1, self.groups)
+        t = pad_with_bn_of_zero(
+            self.bn_1x1(u), self.bn_1x1, self.kernel_size // 2, u)
+        y = F.conv2d(t, self._kernel(weight), None, self.stride, 0, 1,
+                     self.groups)
+        return self.bn(y)
+
+    def kernel_bias(self, weight=None):
+        k1, b1 = fuse_conv_bn(self.weight_1x1, self.bn_1x1)
+        k2, b2 = fuse_conv_bn(self._kernel(weight), self.bn)
+        return merge_1x1_kxk(k1, b1, k2, b2, self.groups)
+
+
+class Conv1x1AvgBranch(Branch):
+    """1x1 conv + BN, then KxK average pooling + BN (DBB's 1x1-AVG branch)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1,
+                 groups=1, shared=False, norm_layer=nn.BatchNorm2d):
+        super().__init__(in_channels, out_channels, kernel_size, stride,
+                         groups, shared, norm_layer)
+        if not shared:
+            self.weight = _new_kernel(out_channels, in_channels // groups, 1,
+                                      1)
+        self.bn_1x1 = norm_layer(out_channels)
+        self.bn = norm_layer(out_channels)
+
+    def _kernel(self, weight):
+        if not self.shared:
+            return self.weight
+        if weight is None:
+            raise ValueError('a shared branch needs the main kernel')
+        return centre_crop_kernel(weight, 1, 1)
+
+    def forward(self, x, weight=None):
+        u = F.conv2d(x, self._kernel(weight), None, 1, 0, 1, self.groups)
+        t = pad_with_bn_of_zero(
+            self.bn_1x1(u), self.bn_1x1, self.kernel_size // 2, u)
+        y = F.avg_pool2d(t, self.kernel_size, self.stride, 0)
+        return self.bn(y)
+
+    def kernel_bias(self, weight=None):
+        k1, b1 = fuse_conv_bn(self._kernel(weight), self.bn_1x1)
+        avg = avg_pool_kernel(
+            self.out_channels,
+            self.kernel_size,
+            self.groups,
+            dtype=k1.dtype,
+            device=k1.device)
+        k2, b2 = fuse_conv_bn(avg, self.bn)
+        return merge_1x1_kxk(k1, b1, k2, b2, self.groups)
+
+
+class IdentityBranch(Branch):
+    """BN of the input (RepVGG's identity branch): needs in == out, stride 1."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1,
+                 groups=1, shared=False, norm_layer=nn.BatchNorm2d):
+        if in_channels != out_channels or stride != 1:
+            raise ValueError('the identity branch needs in_channels == '
+                             'out_channels and stride 1, got '
+                             f'{in_channels} -> {out_channels}, '
+                             f'stride {stride}')
+        super().__init__(in_channels, out_channels, kernel_size, stride,
+                         groups, False, norm_layer)
+        self.bn = norm_layer(out_channels)
+
+    def forward(self, x, weight=None):
+        return self.bn(x)
+
+    def kernel_bias(self, weight=None):
+        kernel = identity_kernel(
+            self.in_channels,
+            self.kernel_size,
+            self.groups,
+            dtype=self.bn.running_mean.dtype,
+            device=self.bn.running_mean.device)
+        return fuse_conv_bn(kernel, self.bn)
+
+
+def build_branch(name: str, in_channels: int, out_channels: int,
+                 kernel_size: int, stride: int = 1, groups: int = 1,
+                 shared: bool = False,
+                 norm_layer: NormLayer = nn.BatchNorm2d) -> Branch:
+    """Build the branch called ``name`` (one of :data:`BRANCH_NAMES`)."""
+    args = (in_channels, out_channels, kernel_size, stride, groups, shared,
+            norm_layer)
+    k = kernel_size
+    conv_shapes = {'1x1': (1, 1), 'kxk': (k, k), '1xk': (1, k), 'kx1': (k, 1)}
+    if name in conv_shapes:
+        kh, kw = conv_shapes[name]
+        return ConvBranch(*args, kh=kh, kw=kw)
+    if name == '1x1_kxk':
+        return Conv1x1KxKBranch(*args)
+    if name == '1x1_avg':
+        return Conv1x1AvgBranch(*args)
+    if name == 'identity':
+        return IdentityBranch(*args)
+    raise ValueError(f'unknown branch {name!r}; branches are {BRANCH_NAMES}')
+
+
+def legal_branches(in_channels: int, out_channels: int, stride: int) -> tuple:
+    """The branches a block with this shape can have, in canonical order."""
+    identity_ok = in_channels == out_channels and stride == 1
+    return tuple(name for name in BRANCH_NAMES
+                 if name != 'identity' or identity_ok)

@@ -1,0 +1,22 @@
+"""Fuse any module tree: one verb for blocks, backbones, classifiers, detectors."""
+import copy
+
+import torch.nn as nn
+
+
+def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Call ``switch_to_deploy()`` on every module of ``model`` that has it.
+
+    Works for ODBBs and for any other re-parameterizable module with that
+    verb (mmpretrain's RepVGG blocks, for example). Returns the fused model;
+    with ``inplace=False`` (default) ``model`` itself is left untouched.
+    Fusing a fused model changes nothing.
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    # Collect first: switching replaces children while we walk.
+    targets = [m for m in model.modules()
+               if callable(getattr(m, 'switch_to_deploy', None))]
+    for module in targets:
+        module.switch_to_deploy()
+    return model
