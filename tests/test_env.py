@@ -51,6 +51,43 @@ def test_openmmlab_base_configs_resolve():
     assert cfg.model.type == 'CenterNet'
 
 
+def test_repnas_mm_registers_in_both_registries():
+    import repnas_mm  # noqa: F401
+    from mmdet.registry import MODELS as DET
+    from mmpretrain.registry import MODELS as CLS
+    from repnas_mm.models import ODBBNet
+    assert CLS.get('ODBBNet') is ODBBNet
+    assert DET.get('ODBBNet') is ODBBNet
+
+
+def test_rep_core_imports_without_openmmlab():
+    """repnas_mm.rep needs torch only: import it with mmengine hidden."""
+    # None in sys.modules makes a package look absent to import and find_spec.
+    code = ('import sys\n'
+            'for name in ("mmengine", "mmcv", "mmdet", "mmpretrain"):\n'
+            '    sys.modules[name] = None\n'
+            'import repnas_mm.rep as rep\n'
+            'import torch\n'
+            'b = rep.ODBB(4, 4).eval()\n'
+            'print(b(torch.randn(1, 4, 5, 5)).shape)\n')
+    proc = subprocess.run([sys.executable, '-c', code],
+                          cwd=REPO,
+                          capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert 'torch.Size([1, 4, 5, 5])' in proc.stdout
+
+
+def test_collect_env_check_passes():
+    proc = run_tool('tools/collect_env.py', '--check')
+    out = proc.stdout
+    for name in ('PyTorch', 'MMEngine', 'MMCV', 'MMDetection', 'MMPretrain',
+                 'ONNX Runtime', 'repnas_mm'):
+        assert name in out
+    ops_line = next(ln for ln in out.splitlines() if ln.startswith('MMCV ops'))
+    assert 'compiled with' in ops_line
+
+
 def _load_build_mmcv():
     spec = importlib.util.spec_from_file_location(
         'build_mmcv', REPO / 'scripts' / 'build_mmcv.py')

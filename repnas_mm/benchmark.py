@@ -1,0 +1,99 @@
+"""Side-by-side throughput measurement (CPU or CUDA).
+
+Models are timed round-robin: every repeat runs each model once in turn, so
+machine noise (other jobs, clock changes) hits all of them alike; results
+are medians over repeats. On CUDA every timing is bracketed by
+``torch.cuda.synchronize()`` and preceded by warm-up iterations.
+"""
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List
+
+import torch
+
+
+@dataclass
+class Timing:
+    """Seconds per batch of every repeat, for one model."""
+    name: str
+    batch_size: int
+    seconds: List[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.batch_size / self.median
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median over repeats: how noisy the machine was."""
+        return (max(self.seconds) - min(self.seconds)) / self.median
+
+
+def paired_speedup(faster: Timing, slower: Timing) -> float:
+    """Median over repeats of ``slower / faster`` seconds, repeat by repeat.
+
+    Both were timed in the same repeat, back to back, so the ratio cancels
+    drift that a ratio of two medians keeps.
+    """
+    return statistics.median(
+        s / f for f, s in zip(faster.seconds, slower.seconds))
+
+
+def _sync(device):
+    if torch.device(device).type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_round_robin(runs: Dict[str, Callable[[], object]],
+                     batch_size: int,
+                     device='cpu',
+                     repeats: int = 5,
+                     iters: int = 3,
+                     warmup: int = 2,
+                     progress: bool = True) -> Dict[str, Timing]:
+    """Time every ``runs[name]()`` (one batch each); medians per repeat.
+
+    Each repeat times ``iters`` consecutive calls of each model and records
+    the mean seconds per call.
+    """
+    timings = {name: Timing(name, batch_size) for name in runs}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(
+            total=len(runs) * (repeats + 1), desc='timing', unit='run')
+    with torch.inference_mode():
+        for name, run in runs.items():  # warm-up (allocator, cuDNN, caches)
+            for _ in range(warmup):
+                run()
+            _sync(device)
+            if bar:
+                bar.update()
+        for _ in range(repeats):
+            for name, run in runs.items():
+                _sync(device)
+                start = time.perf_counter()
+                for _ in range(iters):
+                    run()
+                _sync(device)
+                timings[name].seconds.append(
+                    (time.perf_counter() - start) / iters)
+                if bar:
+                    bar.set_postfix_str(name)
+                    bar.update()
+    if bar:
+        bar.close()
+    return timings
+
+
+def markdown_table(headers: List[str], rows: List[List[object]]) -> str:
+    """A GitHub Markdown table."""
+    lines = ['| ' + ' | '.join(headers) + ' |',
+             '|' + '|'.join('---' for _ in headers) + '|']
+    lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
+    return '\n'.join(lines)

@@ -1,0 +1,3 @@
+from .odbbnet import ODBBNet, ODBBLayer
+
+__all__ = ['ODBBNet', 'ODBBLayer']
