@@ -1,0 +1,58 @@
+# Demo: the ODBB ImageNet recipe, shrunk to Fashion-MNIST (tools/prepare_demo_data.py) on a CPU:
+# a small ODBBNet layout, 32x32 input, a few epochs. Everything else is inherited.
+_base_ = '../odbb_a0_imagenet.py'
+
+data_root = 'data/demo/fmnist'
+model = dict(
+    backbone=dict(
+        arch=dict(
+            _delete_=True,
+            name='demo',
+            stem_channels=16,
+            channels=(16, 32, 64, 128),
+            num_blocks=(1, 2, 2, 1),
+            strides=(2, 2, 2, 2))),
+    head=dict(num_classes=10, in_channels=128, topk=(1, )))
+data_preprocessor = dict(
+    num_classes=10, mean=[72.94] * 3, std=[90.02] * 3, to_rgb=False)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=32),
+    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+    dict(type='PackInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=32),
+    dict(type='PackInputs'),
+]
+train_dataloader = dict(
+    batch_size=32,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(
+        _delete_=True,
+        type='CustomDataset',
+        data_root=data_root,
+        data_prefix='train',
+        pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=100,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(
+        _delete_=True,
+        type='CustomDataset',
+        data_root=data_root,
+        data_prefix='val',
+        pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(topk=(1, ))
+test_evaluator = val_evaluator
+
+optim_wrapper = dict(optimizer=dict(lr=0.05))
+max_epochs = 6
+param_scheduler = dict(T_max=max_epochs, end=max_epochs)
+train_cfg = dict(max_epochs=max_epochs, val_interval=1)
+default_hooks = dict(logger=dict(interval=20))
+randomness = dict(seed=0)
