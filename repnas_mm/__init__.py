@@ -3,7 +3,8 @@ re-parameterized CNNs, for OpenMMLab.
 
 ``repnas_mm.rep`` needs only torch. When the OpenMMLab stack is installed,
 importing ``repnas_mm`` also registers its modules in the mmpretrain and mmdet
-registries, so configs need only ``custom_imports=dict(imports=['repnas_mm'])``.
+registries, so configs need only ``custom_imports=dict(imports=['repnas_mm'])``,
+and replaces mmengine's checkpoint loaders by safe ones (``repnas_mm.checkpoint``).
 """
 from importlib.util import find_spec
 
@@ -14,6 +15,8 @@ __all__ = ['__version__']
 if find_spec('mmengine') is not None:
     try:
         from . import models  # noqa: F401  (registers modules)
+        from .checkpoint import install_loaders
+        install_loaders()  # checkpoints load without running their code
     except ImportError as exc:
         raise ImportError(
             f'repnas_mm could not register its OpenMMLab modules: {exc}. '

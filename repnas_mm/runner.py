@@ -17,6 +17,9 @@ import torch.distributed as torch_dist
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+from repnas_mm.checkpoint import (CONFIG_KEY, UnsafeCheckpointError,
+                                  allow_unsafe_checkpoints)
+
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
 
@@ -57,7 +60,18 @@ def load_config(args):
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    use_safe_checkpoints(cfg)
     return cfg
+
+
+def use_safe_checkpoints(cfg):
+    """Write plain-data checkpoints; honour the config's unsafe opt-in."""
+    hooks = list(cfg.get('custom_hooks', None) or [])
+    if not any(h.get('type') == 'SafeCheckpointHook' for h in hooks):
+        hooks.append(dict(type='SafeCheckpointHook'))
+    cfg.custom_hooks = hooks
+    if cfg.get(CONFIG_KEY, False):
+        allow_unsafe_checkpoints(True)
 
 
 def enable_amp(cfg):
@@ -108,3 +122,11 @@ def build_runner(cfg):
         from mmengine.registry import RUNNERS
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
+
+
+def run_tool(main):
+    """Call a tool's ``main``; a refused checkpoint ends it with one line."""
+    try:
+        return main()
+    except UnsafeCheckpointError as exc:
+        raise SystemExit(f'error: {exc}')

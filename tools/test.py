@@ -9,7 +9,7 @@ import os.path as osp
 
 import repnas_mm  # noqa: F401  (registers repnas_mm modules)
 from repnas_mm.runner import (add_common_args, build_runner, load_config,
-                              prepare_cpu_distributed)
+                              prepare_cpu_distributed, run_tool)
 
 
 def parse_args(argv=None):
@@ -40,4 +40,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

@@ -9,7 +9,7 @@ import argparse
 
 import repnas_mm  # noqa: F401  (registers repnas_mm modules)
 from repnas_mm.runner import (add_common_args, build_runner, enable_amp,
-                              load_config, prepare_cpu_distributed,
+                              load_config, prepare_cpu_distributed, run_tool,
                               setup_resume)
 
 
@@ -57,4 +57,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

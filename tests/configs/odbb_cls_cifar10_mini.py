@@ -1,0 +1,13 @@
+# Smoke config: the demo ODBBNet classifier (configs/demo/) on ../shared/data/cifar10_mini, one
+# iteration. A classification checkpoint for the detector-initialisation tests.
+_base_ = '../../configs/demo/odbb_fmnist_cls.py'
+
+data_root = '{{ fileDirname }}/../../../shared/data/cifar10_mini'
+train_dataloader = dict(
+    batch_size=16, dataset=dict(data_root=data_root, indices=16))
+val_dataloader = dict(dataset=dict(data_root=data_root, indices=32))
+test_dataloader = val_dataloader
+max_epochs = 1
+param_scheduler = dict(T_max=max_epochs, end=max_epochs)
+train_cfg = dict(max_epochs=max_epochs)
+default_hooks = dict(logger=dict(interval=1))

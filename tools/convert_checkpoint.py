@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""Re-save a checkpoint so that it loads with ``weights_only=True``.
+
+For checkpoints written by a plain mmengine run (their message hub needs
+pickled ``HistoryBuffer``/numpy objects). Loading such a file runs whatever
+code it carries, so this asks for ``--trust`` first: use it only on files you
+made yourself or otherwise trust. The output is written atomically.
+
+    python tools/convert_checkpoint.py epoch_12.pth epoch_12_safe.pth --trust
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+import tempfile
+
+import torch
+
+import repnas_mm  # noqa: F401
+from repnas_mm.checkpoint import (UnsafeCheckpointError, allow_unsafe_checkpoints,
+                                  encode_plain, load_checkpoint_safely)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('src')
+    parser.add_argument('dst')
+    parser.add_argument(
+        '--trust',
+        action='store_true',
+        help='I trust SRC: allow unpickling it (runs code it carries)')
+    args = parser.parse_args(argv)
+    if not osp.isfile(args.src):
+        raise SystemExit(f'error: checkpoint not found: {args.src}')
+    allow_unsafe_checkpoints(args.trust)
+    try:
+        checkpoint = load_checkpoint_safely(args.src, map_location='cpu')
+    except UnsafeCheckpointError as exc:
+        raise SystemExit(f'error: {exc} (here: pass --trust)')
+    folder = osp.dirname(osp.abspath(args.dst))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix='.part')
+    os.close(fd)
+    try:
+        torch.save(encode_plain(checkpoint), tmp)
+        torch.load(tmp, weights_only=True)  # what we promise
+        os.replace(tmp, args.dst)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+    print(f'wrote {args.dst}: loads with weights_only=True')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
