@@ -232,3 +232,33 @@ def test_training_mode_border_is_bn_of_a_zero_padded_input():
         F.conv2d(t, block.weight), None, None, branch.bn.weight,
         branch.bn.bias, training=True, eps=branch.bn.eps)
     assert_close_rel(block(x), ref)
+
+
+class _OtherBN(nn.BatchNorm2d):
+    """A BN subclass: takes the functional_call path (like SyncBatchNorm)."""
+
+
+@pytest.mark.parametrize('bn_type', [nn.BatchNorm2d, _OtherBN])
+@pytest.mark.parametrize('momentum', [0.1, None])
+@pytest.mark.parametrize('training', [True, False])
+def test_gate_folded_into_bn_equals_bn_times_gate(bn_type, momentum,
+                                                   training):
+    from repnas_mm.rep.branches import batch_norm
+    torch.manual_seed(0)
+    ref_bn = randomize_bn(bn_type(6, momentum=momentum)).train(training)
+    bn = randomize_bn(bn_type(6, momentum=momentum)).train(training)
+    x = torch.randn(4, 6, 5, 5)
+    g_ref = torch.tensor(1.0, requires_grad=True)
+    g = torch.tensor(1.0, requires_grad=True)
+    ref = ref_bn(x) * g_ref
+    got = batch_norm(bn, x, g)
+    assert torch.allclose(got, ref, atol=1e-6)
+    w = torch.randn_like(ref)
+    (ref * w).sum().backward()
+    (got * w).sum().backward()
+    assert torch.allclose(g.grad, g_ref.grad, rtol=1e-5)
+    assert torch.allclose(bn.weight.grad, ref_bn.weight.grad, rtol=1e-5)
+    assert torch.allclose(bn.bias.grad, ref_bn.bias.grad, rtol=1e-5)
+    assert torch.allclose(bn.running_mean, ref_bn.running_mean)
+    assert torch.allclose(bn.running_var, ref_bn.running_var)
+    assert bn.num_batches_tracked == ref_bn.num_batches_tracked

@@ -136,9 +136,8 @@ class ODBB(nn.Module):
         for i, name in enumerate(self.branch_names):
             if name not in self._active:
                 continue  # pruned: neither run forward nor backward
-            y = self.branches[name](x, self.weight)
-            if self.gates is not None:
-                y = y * self.gates[i]
+            gate = None if self.gates is None else self.gates[i]
+            y = self.branches[name](x, self.weight, gate)
             out = y if out is None else out + y
         return out
 

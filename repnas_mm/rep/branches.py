@@ -3,10 +3,11 @@
 Each branch is ``conv(s) + BN`` (or BN alone for ``identity``) and has two
 verbs:
 
-- ``forward(x, weight=None)``: its output. ``weight`` is the block's main
-  KxK kernel; a branch built with ``shared=True`` takes its conv kernel from
-  it (RepNAS Eq. 5: 1x1 = centre, 1xK = middle row, Kx1 = middle column,
-  and the KxK of ``1x1_kxk`` is the whole kernel).
+- ``forward(x, weight=None, gate=None)``: its output, times ``gate`` if
+  given. ``weight`` is the block's main KxK kernel; a branch built with
+  ``shared=True`` takes its conv kernel from it (RepNAS Eq. 5: 1x1 = centre,
+  1xK = middle row, Kx1 = middle column, and the KxK of ``1x1_kxk`` is the
+  whole kernel). The gate is folded into the final BN (:func:`batch_norm`).
 - ``kernel_bias(weight=None)``: its exact equivalent ``(kernel, bias)`` as a
   KxK conv with stride ``stride`` and padding ``K // 2`` (eval-mode BN).
 
@@ -48,6 +49,44 @@ def _bn_stats(bn: nn.Module):
 def fuse_conv_bn(kernel: Tensor, bn: nn.Module) -> KernelBias:
     """:func:`fuse_bn` reading the statistics from a BN module."""
     return fuse_bn(kernel, *_bn_stats(bn))
+
+
+def batch_norm(bn: nn.Module, x: Tensor,
+               scale: Optional[Tensor] = None) -> Tensor:
+    """``bn(x) * scale``, computed as ``bn`` with its affine parameters scaled.
+
+    A search gate multiplies a branch's output; every branch ends in a BN,
+    and ``BN(x) * g`` is the BN with ``(gamma * g, beta * g)``. Folding ``g``
+    into the affine parameters saves no extra activation for backward and
+    no elementwise pass over it; ``d loss / d g`` comes out of the BN's own
+    gamma/beta gradients. ``nn.BatchNorm2d`` takes a direct path (its
+    ``forward`` with scaled parameters); other norms (SyncBatchNorm, ...) go
+    through ``torch.func.functional_call`` so their own forward runs.
+    """
+    if scale is None:
+        return bn(x)
+    if getattr(bn, 'weight', None) is None or getattr(bn, 'bias',
+                                                      None) is None:
+        return bn(x) * scale  # no affine parameters to fold into
+    weight, bias = bn.weight * scale, bn.bias * scale
+    if type(bn) is not nn.BatchNorm2d:
+        return torch.func.functional_call(bn, {
+            'weight': weight,
+            'bias': bias
+        }, (x, ))
+    # nn.BatchNorm2d.forward (torch 2.x), with the scaled affine parameters.
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and \
+            bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            factor = 1.0 / float(bn.num_batches_tracked)
+    use_batch_stats = bn.training or (bn.running_mean is None
+                                      and bn.running_var is None)
+    track = not bn.training or bn.track_running_stats
+    return F.batch_norm(x, bn.running_mean if track else None,
+                        bn.running_var if track else None, weight, bias,
+                        use_batch_stats, factor, bn.eps)
 
 
 def pad_with_bn_of_zero(bn_out: Tensor, bn: nn.Module, padding: int,
@@ -106,7 +145,10 @@ class Branch(nn.Module):
     def extra_repr(self):
         return f'shared={self.shared}'
 
-    def forward(self, x: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+    def forward(self,
+                x: Tensor,
+                weight: Optional[Tensor] = None,
+                gate: Optional[Tensor] = None) -> Tensor:
         raise NotImplementedError
 
     def kernel_bias(self, weight: Optional[Tensor] = None) -> KernelBias:
@@ -134,10 +176,10 @@ class ConvBranch(Branch):
             raise ValueError('a shared branch needs the main kernel')
         return centre_crop_kernel(weight, self.kh, self.kw)
 
-    def forward(self, x, weight=None):
+    def forward(self, x, weight=None, gate=None):
         y = F.conv2d(x, self._kernel(weight), None, self.stride,
                      (self.kh // 2, self.kw // 2), 1, self.groups)
-        return self.bn(y)
+        return batch_norm(self.bn, y, gate)
 
     def kernel_bias(self, weight=None):
         kernel, bias = fuse_conv_bn(self._kernel(weight), self.bn)
@@ -171,13 +213,13 @@ class Conv1x1KxKBranch(Branch):
             raise ValueError('a shared branch needs the main kernel')
         return weight
 
-    def forward(self, x, weight=None):
+    def forward(self, x, weight=None, gate=None):
         u = F.conv2d(x, self.weight_1x1, None, 1, 0, 1, self.groups)
         t = pad_with_bn_of_zero(
             self.bn_1x1(u), self.bn_1x1, self.kernel_size // 2, u)
         y = F.conv2d(t, self._kernel(weight), None, self.stride, 0, 1,
                      self.groups)
-        return self.bn(y)
+        return batch_norm(self.bn, y, gate)
 
     def kernel_bias(self, weight=None):
         k1, b1 = fuse_conv_bn(self.weight_1x1, self.bn_1x1)
@@ -205,12 +247,12 @@ class Conv1x1AvgBranch(Branch):
             raise ValueError('a shared branch needs the main kernel')
         return centre_crop_kernel(weight, 1, 1)
 
-    def forward(self, x, weight=None):
+    def forward(self, x, weight=None, gate=None):
         u = F.conv2d(x, self._kernel(weight), None, 1, 0, 1, self.groups)
         t = pad_with_bn_of_zero(
             self.bn_1x1(u), self.bn_1x1, self.kernel_size // 2, u)
         y = F.avg_pool2d(t, self.kernel_size, self.stride, 0)
-        return self.bn(y)
+        return batch_norm(self.bn, y, gate)
 
     def kernel_bias(self, weight=None):
         k1, b1 = fuse_conv_bn(self._kernel(weight), self.bn_1x1)
@@ -238,8 +280,8 @@ class IdentityBranch(Branch):
                          groups, False, norm_layer)
         self.bn = norm_layer(out_channels)
 
-    def forward(self, x, weight=None):
-        return self.bn(x)
+    def forward(self, x, weight=None, gate=None):
+        return batch_norm(self.bn, x, gate)
 
     def kernel_bias(self, weight=None):
         kernel = identity_kernel(
