@@ -1,11 +1,15 @@
-"""A test-only hook: records what the Runner resumed, before training goes on."""
+"""Test-only hooks that record what a Runner did (loaded by tests' configs)."""
+import json
+
 import torch
+from mmengine.dist import get_rank
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
 
 @HOOKS.register_module()
 class ResumeProbeHook(Hook):
+    """Saves the iteration, epoch and optimizer state right before training."""
 
     def __init__(self, out):
         self.out = out
@@ -16,3 +20,25 @@ class ResumeProbeHook(Hook):
                 iter=runner.iter,
                 epoch=runner.epoch,
                 optimizer=runner.optim_wrapper.state_dict()), self.out)
+
+
+@HOOKS.register_module()
+class MaskProbeHook(Hook):
+    """Appends every iteration's search mask and alpha to ``out``.rank<N>.jsonl."""
+    priority = 'LOW'  # after RepNASHook and the optimizer step
+
+    def __init__(self, out):
+        self.out = out
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None,
+                         outputs=None):
+        from repnas_mm.search import SearchSpace
+        model = runner.model.module if hasattr(runner.model,
+                                               'module') else runner.model
+        space = SearchSpace.for_model(model)
+        record = dict(
+            iter=runner.iter,
+            mask=space.mask.int().tolist(),
+            alpha=space.alpha.detach().cpu().tolist())
+        with open(f'{self.out}.rank{get_rank()}.jsonl', 'a') as f:
+            f.write(json.dumps(record) + '\n')

@@ -64,7 +64,7 @@ def test_resume_continues_from_the_saved_iteration(tmp_path, cifar10_mini):
     cfg = tmp_path / 'resume_cfg.py'
     cfg.write_text(
         f"_base_ = '{CLS_CFG}'\n"
-        "custom_imports = dict(imports=['tests.resume_probe'])\n"
+        "custom_imports = dict(imports=['tests.probes'])\n"
         f"custom_hooks = [dict(type='ResumeProbeHook', out='{probe}')]\n"
         "train_dataloader = dict(batch_size=8, dataset=dict(indices=32))\n")
     common = cls_data_options(cifar10_mini)

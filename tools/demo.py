@@ -6,8 +6,9 @@
 
 Steps (each through the same command-line tools a user runs):
   1. data: a class-per-folder subset of Fashion-MNIST (tools/prepare_demo_data.py)
-  2. train: an ODBBNet classifier with all seven branches per block
-     (tools/train.py configs/demo/odbb_fmnist_cls.py)
+  2. search: RepNAS on an ODBBNet classifier, half of its branches kept
+     (tools/train.py configs/demo/odbb_fmnist_cls.py), then the searched
+     network trains on
 and a summary whose numbers are read from the run's own logs.
 """
 import argparse
@@ -90,7 +91,7 @@ def main(argv=None):
     except FileNotFoundError as exc:
         raise SystemExit(f'demo: {exc}')
 
-    banner('2/2 train: ODBBNet classifier, 7 branches per block')
+    banner('2/2 search: RepNAS on an ODBBNet classifier')
     cls_dir = work / 'classifier'
     options = [
         f'train_dataloader.dataset.data_root={args.data_root}',
@@ -108,6 +109,14 @@ def main(argv=None):
     accuracies = [s['accuracy/top1'] for s in scalars if 'accuracy/top1' in s]
     summary['val top-1 accuracy (10 classes, chance 10%)'] = (
         f'{accuracies[-1]:.1f}% after {len(accuracies)} epoch(s)')
+    with open(cls_dir / 'searched_arch.json') as f:
+        arch = json.load(f)
+    legal = sum(len(b['alpha']) for b in arch['blocks'])
+    summary['kept branches vs budget'] = (
+        f'{arch["num_branches"]} kept, budget {arch["budget"]} of {legal} '
+        f'legal, in {len(arch["blocks"])} blocks')
+    summary['searched architecture'] = str(cls_dir / 'searched_arch.json')
+    summary['architecture figure'] = str(cls_dir / 'searched_arch.png')
     checkpoints = sorted(cls_dir.glob('epoch_*.pth'), key=osp.getmtime)
     summary['classifier checkpoint'] = str(checkpoints[-1])
 

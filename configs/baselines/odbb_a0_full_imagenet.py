@@ -1,8 +1,9 @@
-# ODBB-A0 on ImageNet-1k: mmpretrain's RepVGG-A0 recipe with every 3x3 conv an ODBB
-# (RepNAS Table 1: 150 epochs, batch 256 = 8 GPUs x 32, SGD lr 0.1, weight decay 1e-4,
-# cosine schedule). Data at data/imagenet in mmpretrain's ImageNet layout.
-#   python tools/train.py configs/odbb_a0_imagenet.py
-#   bash tools/dist_train.sh configs/odbb_a0_imagenet.py 8
+# Baseline: ODBB-A0 on ImageNet-1k with a fixed branch set in every block (no search):
+# mmpretrain's RepVGG-A0 recipe with every 3x3 conv an ODBB (RepNAS Table 1: 150 epochs,
+# batch 256 = 8 GPUs x 32, SGD lr 0.1, weight decay 1e-4, cosine; RepVGG's augmentation).
+# Data at data/imagenet in mmpretrain's ImageNet layout. The other presets inherit this file;
+# the RepNAS search (../odbb_a0_imagenet.py) searches this all-branch supernet.
+#   bash tools/dist_train.sh configs/baselines/odbb_a0_full_imagenet.py 8
 _base_ = 'mmpretrain::repvgg/repvgg-A0_8xb32_in1k.py'
 
 custom_imports = dict(imports=['repnas_mm'], allow_failed_imports=False)

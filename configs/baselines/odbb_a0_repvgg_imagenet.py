@@ -1,0 +1,4 @@
+# Baseline: ODBB-A0 on ImageNet with the 'repvgg' branch preset in every block.
+_base_ = './odbb_a0_full_imagenet.py'
+
+model = dict(backbone=dict(branches='repvgg'))

@@ -1,0 +1,7 @@
+# RepNAS search of ODBB-B2 on ImageNet-1k: as odbb_a0_imagenet.py, budget 84 (RepVGG-B2's
+# branch count, RepNAS Table 4), 150 epochs, architecture fixed from epoch 120.
+_base_ = './odbb_a0_imagenet.py'
+
+model = dict(
+    backbone=dict(arch='B2'), head=dict(in_channels=2560))
+custom_hooks = [dict(type='RepNASHook', budget=84, fix_epoch=120, seed=0)]

@@ -1,0 +1,387 @@
+"""The RepNAS search: ranking, gates, masks, alpha's optimizer, hook, DDP, resume."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+import repnas_mm  # noqa: F401  (registers the hook and the constructor)
+from repnas_mm.models import ODBBNet
+from repnas_mm.rep import ODBB
+from repnas_mm.search import SearchSpace, resolve_budget
+from repnas_mm.search.optim import JointOptimizer
+
+from .conftest import REPO, run_tool
+from .test_tools_train import cls_data_options
+
+SEARCH_CFG = REPO / 'tests' / 'configs' / 'odbb_cls_cifar10_mini.py'
+
+
+def tiny_net(branches='full'):
+    """ODBBNet with 7 blocks (44 legal branches) for quick CPU tests."""
+    arch = dict(
+        stem_channels=8,
+        channels=(8, 16, 24, 32),
+        num_blocks=(1, 2, 2, 1),
+        strides=(2, 2, 1, 2))
+    return ODBBNet(arch, branches=branches)
+
+
+class Classifier(nn.Module):
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = tiny_net()
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.backbone(x)[-1].mean((2, 3)))
+
+
+def test_budget_counts_and_ratios():
+    assert resolve_budget(30, 44, 7) == 30
+    assert resolve_budget(0.5, 44, 7) == 22
+    for bad in (6, 45, 0.1):
+        with pytest.raises(ValueError, match=r'\[7, 44\]'):
+            resolve_budget(bad, 44, 7)
+    with pytest.raises(TypeError):
+        resolve_budget('66', 44, 7)
+
+
+@pytest.mark.parametrize('budget', [7, 8, 20, 43, 44])
+def test_exactly_budget_branches_and_no_empty_block(budget):
+    torch.manual_seed(0)
+    net = tiny_net()
+    space = SearchSpace(net, budget=budget, seed=budget)
+    assert space.num_branches == 44 and len(space.blocks) == 7
+    with torch.no_grad():
+        space.alpha.normal_(0, 3)  # alphas that would empty some blocks
+    for _ in range(50):
+        mask = space.step()
+        assert int(mask.sum()) == budget
+        for block, sl in zip(space.blocks, space.slices):
+            assert mask[sl].any()
+            kept = [n for n, k in zip(block.branch_names, mask[sl]) if k]
+            assert list(block.active) == kept
+
+
+def test_pruned_branches_do_not_run_and_get_no_gradient():
+    torch.manual_seed(0)
+    net = tiny_net()
+    # Own weights per branch, so "no gradient" is visible per branch.
+    net = ODBBNet(net.arch, branches='full', weight_sharing=False)
+    space = SearchSpace(net, budget=15, seed=1)
+    calls = {}
+    for i, block in enumerate(space.blocks):
+        for name, branch in block.branches.items():
+            branch.register_forward_hook(
+                lambda m, inp, out, key=(i, name): calls.__setitem__(
+                    key, calls.get(key, 0) + 1))
+    mask = space.step()
+    net(torch.randn(2, 3, 32, 32))[-1].square().mean().backward()
+    for i, (block, sl) in enumerate(zip(space.blocks, space.slices)):
+        for name, keep in zip(block.branch_names, mask[sl].tolist()):
+            grads = [p.grad for p in block.branches[name].parameters()]
+            if keep:
+                assert calls.get((i, name)) == 1
+                assert all(g is not None for g in grads)
+            else:
+                assert (i, name) not in calls
+                assert all(g is None for g in grads), (i, name)
+    # Eq. 12: alpha gets a gradient through the kept branches' gates only.
+    grad = space.alpha.grad
+    assert grad[mask].abs().sum() > 0
+    assert torch.all(grad[~mask] == 0)
+
+
+def test_gates_are_exactly_one_in_the_forward_pass():
+    torch.manual_seed(0)
+    net = tiny_net().eval()
+    space = SearchSpace(net, budget=20, seed=0)
+    with torch.no_grad():
+        space.alpha.normal_()
+    mask = space.step()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        gated = net(x)[-1]
+        space.apply(mask, None)  # same branches, no gates
+        plain = net(x)[-1]
+    assert torch.equal(gated, plain)
+
+
+def test_warmup_and_fix():
+    torch.manual_seed(0)
+    net = tiny_net()
+    space = SearchSpace(net, budget=20, seed=0)
+    # Warm-up: alpha frozen, masks still sampled, no gates.
+    space.alpha.requires_grad_(False)
+    masks = [space.step().clone() for _ in range(5)]
+    assert any(not torch.equal(masks[0], m) for m in masks[1:])
+    assert all(b.gates is None for b in space.blocks)
+    space.alpha.requires_grad_(True)
+    with torch.no_grad():
+        space.alpha.copy_(torch.linspace(-1, 1, 44))
+    fixed = space.fix()
+    assert int(fixed.sum()) == 20 and not space.alpha.requires_grad
+    assert torch.equal(fixed, space.top_k(space.alpha))
+    for _ in range(5):
+        assert torch.equal(space.step(), fixed)
+    assert all(b.gates is None for b in space.blocks)
+
+
+def test_architecture_file_rebuilds_the_searched_network(tmp_path):
+    torch.manual_seed(0)
+    net = tiny_net()
+    space = SearchSpace(net, budget=18, seed=0)
+    with torch.no_grad():
+        space.alpha.normal_()
+    arch = space.architecture('tiny')
+    from repnas_mm.rep.arch import save_arch
+    path = tmp_path / 'searched_arch.json'
+    save_arch(arch, path)
+    data = json.loads(path.read_text())
+    assert data['budget'] == 18 and data['num_branches'] == 18
+    assert len(data['blocks']) == 7 and 'alpha' in data['blocks'][0]
+    fresh = ODBBNet(net.arch, branches=str(path))
+    assert [b.branch_names for b in fresh.blocks()] == arch.blocks
+    # ... and a space can apply (and fix) it on the supernet.
+    other = SearchSpace(tiny_net(), budget=44)
+    other.load_architecture(path)
+    assert other.fixed and torch.equal(other.mask, space.top_k(space.alpha))
+
+
+def test_noise_state_round_trips():
+    net = tiny_net()
+    space = SearchSpace(net, budget=20, seed=3)
+    space.step()
+    state = {k: v for k, v in space.state_dict().items()}
+    expected = [space.step().clone() for _ in range(4)]
+    again = SearchSpace(tiny_net(), budget=20, seed=99)
+    again.load_state_dict(state)
+    assert all(torch.equal(again.step(), m) for m in expected)
+    with pytest.raises(ValueError, match='another network'):
+        SearchSpace(ODBBNet('A0')).load_state_dict(state)
+
+
+def build_wrapper(model, **cfg):
+    from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
+    wrapper_cfg = dict(
+        type='OptimWrapper',
+        constructor='RepNASOptimWrapperConstructor',
+        optimizer=dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4))
+    wrapper_cfg.update(cfg)
+    constructor = OPTIM_WRAPPER_CONSTRUCTORS.build(
+        dict(type=wrapper_cfg.pop('constructor'),
+             optim_wrapper_cfg=wrapper_cfg))
+    return constructor(model)
+
+
+def test_alpha_has_its_own_adam():
+    torch.manual_seed(0)
+    model = Classifier()
+    wrapper = build_wrapper(model)
+    joint = wrapper.optimizer
+    assert isinstance(joint, JointOptimizer)
+    adam, sgd = joint.optimizers['alpha'], joint.optimizers['weights']
+    assert isinstance(adam, torch.optim.Adam)
+    assert isinstance(sgd, torch.optim.SGD)
+    group = adam.param_groups[0]
+    assert group['betas'] == (0.5, 0.999) and group['lr'] == 1e-4
+    assert group['weight_decay'] == 0
+    space = SearchSpace.for_model(model)
+    assert group['params'] == [space.alpha]
+    assert sum(p.numel() for g in sgd.param_groups for p in g['params']) == \
+        sum(p.numel() for p in model.parameters())
+    assert sgd.param_groups[0]['lr'] == 0.1
+    # One update moves both the weights and alpha.
+    space.configure(budget=20)
+    space.step()
+    before = space.alpha.detach().clone(), model.head.weight.detach().clone()
+    loss = nn.functional.cross_entropy(
+        model(torch.randn(4, 3, 32, 32)), torch.arange(4))
+    wrapper.update_params(loss)
+    assert not torch.equal(space.alpha.detach(), before[0])
+    assert not torch.equal(model.head.weight.detach(), before[1])
+
+
+def test_scheduler_scales_weights_lr_not_alpha_lr():
+    from mmengine.optim import CosineAnnealingLR
+    torch.manual_seed(0)
+    model = Classifier()
+    wrapper = build_wrapper(model)
+    space = SearchSpace.for_model(model)
+    space.configure(budget=20)
+    scheduler = CosineAnnealingLR(wrapper, T_max=4, eta_min=0.0)
+    for _ in range(3):
+        space.step()
+        loss = model(torch.randn(2, 3, 32, 32)).square().mean()
+        wrapper.update_params(loss)
+        scheduler.step()
+    joint = wrapper.optimizer
+    assert joint.optimizers['weights'].param_groups[0]['lr'] < 0.1
+    # Whatever the scheduler wrote, Adam stepped with its own lr.
+    space.step()
+    wrapper.update_params(model(torch.randn(2, 3, 32, 32)).square().mean())
+    assert joint.optimizers['alpha'].param_groups[0]['lr'] == 1e-4
+
+
+def test_loss_scaling_and_clipping_reach_alpha():
+    """AMP's GradScaler (CPU here) and clip_grad see alpha's gradient."""
+    torch.manual_seed(0)
+    model = Classifier()
+    wrapper = build_wrapper(model, clip_grad=dict(max_norm=1e-3))
+    space = SearchSpace.for_model(model)
+    space.configure(budget=20)
+    x = torch.randn(2, 3, 32, 32)
+    space.step()
+    scaler = torch.amp.GradScaler('cpu', init_scale=1024.0)
+    loss = model(x).square().mean()
+    scaler.scale(loss).backward()
+    scaled = space.alpha.grad.clone()
+    scaler.unscale_(wrapper.optimizer)
+    assert torch.allclose(space.alpha.grad * 1024.0, scaled)
+    wrapper._clip_grad()
+    total = torch.sqrt(
+        sum(p.grad.square().sum() for g in wrapper.optimizer.param_groups
+            for p in g['params'] if p.grad is not None))
+    assert total <= 1e-3 * 1.001
+
+
+def test_state_dict_holds_both_parts_and_loads():
+    torch.manual_seed(0)
+    model = Classifier()
+    wrapper = build_wrapper(model)
+    space = SearchSpace.for_model(model)
+    space.configure(budget=20)
+    space.step()
+    wrapper.update_params(model(torch.randn(2, 3, 32, 32)).square().mean())
+    state = wrapper.state_dict()
+    assert set(state) >= {'weights', 'alpha'}
+    assert state['alpha']['state'][0]['exp_avg'].shape == (44, )
+    other = build_wrapper(Classifier())
+    other.load_state_dict(state)
+    assert torch.equal(
+        other.optimizer.optimizers['alpha'].state_dict()['state'][0]
+        ['exp_avg'], state['alpha']['state'][0]['exp_avg'])
+
+
+def test_hook_is_registered_everywhere():
+    from mmdet.registry import HOOKS as DET
+    from mmengine.registry import HOOKS as ENGINE
+    from mmpretrain.registry import HOOKS as CLS
+    from repnas_mm.search.hooks import RepNASHook
+    for registry in (ENGINE, CLS, DET):
+        assert registry.get('RepNASHook') is RepNASHook
+
+
+@pytest.mark.slow
+def test_real_short_search_writes_arch_and_figure(tmp_path, cifar10_mini):
+    work = tmp_path / 'search'
+    proc = run_tool('tools/train.py', SEARCH_CFG, '--work-dir', work,
+                    '--cfg-options', 'train_cfg.max_epochs=2',
+                    'custom_hooks.0.fix_epoch=1',
+                    *cls_data_options(cifar10_mini))
+    log = proc.stdout + proc.stderr
+    assert 'RepNAS: 7 blocks, 44 legal branches, budget 22' in log
+    assert 'architecture fixed at epoch 1' in log
+    arch = json.loads((work / 'searched_arch.json').read_text())
+    assert arch['budget'] == 22 and arch['num_branches'] == 22
+    assert sum(len(b['branches']) for b in arch['blocks']) == 22
+    assert all(b['branches'] for b in arch['blocks'])
+    assert json.loads((work / 'arch' / 'epoch_1.json').read_text())[
+        'num_branches'] == 22
+    png = (work / 'searched_arch.png').read_bytes()
+    assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 10_000
+    # The searched architecture rebuilds the network.
+    net = ODBBNet(
+        dict(
+            name='demo',
+            stem_channels=16,
+            channels=(16, 32, 64, 128),
+            num_blocks=(1, 2, 2, 1),
+            strides=(2, 2, 2, 2)),
+        branches=str(work / 'searched_arch.json'))
+    assert sum(len(b.branch_names) for b in net.blocks()) == 22
+    ckpt = torch.load(work / 'epoch_2.pth', weights_only=True)
+    assert ckpt['repnas']['space']['alpha'].shape == (44, )
+
+
+def _search_cfg(tmp_path, probe):
+    cfg = tmp_path / 'search_probe.py'
+    cfg.write_text(
+        f"_base_ = '{SEARCH_CFG}'\n"
+        "custom_imports = dict(imports=['repnas_mm', 'tests.probes'])\n"
+        "custom_hooks = [dict(type='RepNASHook', budget=0.5, seed=0),\n"
+        f"                dict(type='MaskProbeHook', out='{probe}')]\n"
+        "train_dataloader = dict(batch_size=8, dataset=dict(indices=32))\n"
+        "optim_wrapper = dict(alpha_optimizer=dict(lr=0.05))\n")
+    return cfg
+
+
+def _records(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.slow
+def test_ddp_ranks_use_identical_masks(tmp_path, cifar10_mini):
+    probe = tmp_path / 'masks'
+    cfg = _search_cfg(tmp_path, probe)
+    proc = subprocess.run(
+        [
+            'bash', 'tools/dist_train.sh', cfg, '2', '--work-dir',
+            tmp_path / 'ddp', '--cfg-options', 'train_cfg.max_epochs=2',
+            'train_dataloader.batch_size=4', *cls_data_options(cifar10_mini)
+        ],
+        cwd=REPO,
+        env={
+            'PYTHON': sys.executable,
+            'PYTHONPATH': str(REPO),
+            'PORT': '29531',
+            'PATH': '/usr/bin:/bin',
+            'OMP_NUM_THREADS': '1',
+        },
+        capture_output=True,
+        text=True,
+        timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    rank0, rank1 = (_records(f'{probe}.rank{r}.jsonl') for r in (0, 1))
+    assert len(rank0) == len(rank1) == 8  # 32 images / (2 ranks x 4), 2 epochs
+    assert len({tuple(r['mask']) for r in rank0}) > 1  # masks do change
+    for a, b in zip(rank0, rank1):
+        assert a['iter'] == b['iter'] and a['mask'] == b['mask']
+        assert sum(a['mask']) == 22
+        # alpha's gradient is averaged, so alpha stays identical too.
+        assert a['alpha'] == pytest.approx(b['alpha'], abs=1e-7)
+    assert max(abs(v) for v in rank0[-1]['alpha']) > 0
+
+
+@pytest.mark.slow
+def test_stop_and_resume_reproduces_masks_and_alpha(tmp_path, cifar10_mini):
+    env = {'PYTHONPATH': str(REPO)}
+    options = ['--cfg-options', 'train_cfg.max_epochs=2',
+               *cls_data_options(cifar10_mini)]
+    straight = tmp_path / 'straight'
+    cfg = _search_cfg(tmp_path, straight)
+    run_tool('tools/train.py', cfg, '--work-dir', tmp_path / 'a', *options,
+             env=env)
+    # The same run, stopped after epoch 1 and resumed.
+    stopped = tmp_path / 'stopped'
+    cfg_b = tmp_path / 'search_probe_b.py'
+    cfg_b.write_text(cfg.read_text().replace(str(straight), str(stopped)))
+    run_tool('tools/train.py', cfg_b, '--work-dir', tmp_path / 'b',
+             '--cfg-options', 'train_cfg.max_epochs=1',
+             *cls_data_options(cifar10_mini), env=env)
+    run_tool('tools/train.py', cfg_b, '--work-dir', tmp_path / 'b',
+             '--resume', *options, env=env)
+    a = _records(f'{straight}.rank0.jsonl')
+    b = _records(f'{stopped}.rank0.jsonl')
+    assert [r['iter'] for r in a] == [r['iter'] for r in b] == list(
+        range(8))
+    for ra, rb in zip(a, b):
+        assert ra['mask'] == rb['mask'], ra['iter']
+        assert ra['alpha'] == pytest.approx(rb['alpha'], abs=1e-6)
+    assert not math.isclose(sum(map(abs, a[-1]['alpha'])), 0.0)
