@@ -46,6 +46,28 @@ def run_tool(*args, timeout=900, env=None, check=True):
     return proc
 
 
+def run_dist_train(config, nproc, port, *args, timeout=900):
+    """tools/dist_train.sh (torchrun, gloo on CPU); fail with the output tail."""
+    proc = subprocess.run(
+        ['bash', 'tools/dist_train.sh',
+         str(config), str(nproc), *map(str, args)],
+        cwd=REPO,
+        env={
+            'PYTHON': sys.executable,
+            'PYTHONPATH': str(REPO),  # test-only hooks in tests/probes.py
+            'PORT': str(port),
+            'PATH': '/usr/bin:/bin',
+            'OMP_NUM_THREADS': '1',
+        },
+        capture_output=True,
+        text=True,
+        timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f'dist_train.sh exited {proc.returncode}:\n'
+                    f'{(proc.stdout + proc.stderr)[-6000:]}')
+    return proc
+
+
 def read_scalars(work_dir):
     """The scalars mmengine's LocalVisBackend logged, one dict per line."""
     files = sorted(Path(work_dir).glob('*/vis_data/scalars.json'))

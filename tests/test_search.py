@@ -1,8 +1,6 @@
 """The RepNAS search: ranking, gates, masks, alpha's optimizer, hook, DDP, resume."""
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,7 +12,7 @@ from repnas_mm.rep import ODBB
 from repnas_mm.search import SearchSpace, resolve_budget
 from repnas_mm.search.optim import JointOptimizer
 
-from .conftest import REPO, run_tool
+from .conftest import REPO, run_dist_train, run_tool
 from .test_tools_train import cls_data_options
 
 SEARCH_CFG = REPO / 'tests' / 'configs' / 'odbb_cls_cifar10_mini.py'
@@ -330,24 +328,10 @@ def _records(path):
 def test_ddp_ranks_use_identical_masks(tmp_path, cifar10_mini):
     probe = tmp_path / 'masks'
     cfg = _search_cfg(tmp_path, probe)
-    proc = subprocess.run(
-        [
-            'bash', 'tools/dist_train.sh', cfg, '2', '--work-dir',
-            tmp_path / 'ddp', '--cfg-options', 'train_cfg.max_epochs=2',
-            'train_dataloader.batch_size=4', *cls_data_options(cifar10_mini)
-        ],
-        cwd=REPO,
-        env={
-            'PYTHON': sys.executable,
-            'PYTHONPATH': str(REPO),
-            'PORT': '29531',
-            'PATH': '/usr/bin:/bin',
-            'OMP_NUM_THREADS': '1',
-        },
-        capture_output=True,
-        text=True,
-        timeout=900)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    run_dist_train(cfg, 2, 29531, '--work-dir', tmp_path / 'ddp',
+                   '--cfg-options', 'train_cfg.max_epochs=2',
+                   'train_dataloader.batch_size=4',
+                   *cls_data_options(cifar10_mini))
     rank0, rank1 = (_records(f'{probe}.rank{r}.jsonl') for r in (0, 1))
     assert len(rank0) == len(rank1) == 8  # 32 images / (2 ranks x 4), 2 epochs
     assert len({tuple(r['mask']) for r in rank0}) > 1  # masks do change

@@ -4,13 +4,11 @@ Stock OpenMMLab configs (``mmpretrain::``, ``mmdet::``), adapted only in data
 paths and schedule by the smoke configs in tests/configs/.
 """
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from .conftest import REPO, read_scalars, run_tool
+from .conftest import REPO, read_scalars, run_dist_train, run_tool
 
 CLS_CFG = REPO / 'tests' / 'configs' / 'resnet18_cifar10_mini.py'
 DET_CFG = REPO / 'tests' / 'configs' / 'centernet_r18_coco8.py'
@@ -90,23 +88,9 @@ def test_test_tool_evaluates_a_state_dict_checkpoint(tmp_path, cifar10_mini):
 def test_dist_train_two_cpu_processes(tmp_path, cifar10_mini):
     """tools/dist_train.sh: torchrun, 2 processes, gloo on CPU."""
     work = tmp_path / 'dist'
-    proc = subprocess.run(
-        [
-            'bash', 'tools/dist_train.sh', CLS_CFG, '2', '--work-dir', work,
-            '--cfg-options', 'train_dataloader.batch_size=8',
-            *cls_data_options(cifar10_mini)
-        ],
-        cwd=REPO,
-        env={
-            'PYTHON': sys.executable,
-            'PORT': '29517',
-            'PATH': '/usr/bin:/bin',
-            'OMP_NUM_THREADS': '1',
-        },
-        capture_output=True,
-        text=True,
-        timeout=900)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    run_dist_train(CLS_CFG, 2, 29517, '--work-dir', work, '--cfg-options',
+                   'train_dataloader.batch_size=8',
+                   *cls_data_options(cifar10_mini))
     scalars = read_scalars(work)
     losses = [s['loss'] for s in scalars if 'loss' in s]
     # 16 images over 2 ranks of batch 8: one iteration per rank.

@@ -145,6 +145,26 @@ class Branch(nn.Module):
     def extra_repr(self):
         return f'shared={self.shared}'
 
+    def _init_kernel(self, kh: int, kw: int):
+        """The branch's ``kh x kw`` conv kernel: its own, or a shared crop."""
+        self.kh, self.kw = kh, kw
+        if not self.shared:
+            self.weight = _new_kernel(self.out_channels,
+                                      self.in_channels // self.groups, kh, kw)
+
+    def _kernel(self, weight: Optional[Tensor]) -> Tensor:
+        """Own kernel, or the centre crop of the main kernel (Eq. 5)."""
+        if not self.shared:
+            return self.weight
+        if weight is None:
+            raise ValueError('a shared branch needs the main kernel')
+        return centre_crop_kernel(weight, self.kh, self.kw)
+
+    def _bn_and_pad(self, u: Tensor) -> Tensor:
+        """``bn_1x1(u)`` padded for the KxK op that follows (exact borders)."""
+        return pad_with_bn_of_zero(
+            self.bn_1x1(u), self.bn_1x1, self.kernel_size // 2, u)
+
     def forward(self,
                 x: Tensor,
                 weight: Optional[Tensor] = None,
@@ -163,18 +183,8 @@ class ConvBranch(Branch):
                  kh: int, kw: int):
         super().__init__(in_channels, out_channels, kernel_size, stride,
                          groups, shared, norm_layer)
-        self.kh, self.kw = kh, kw
-        if not shared:
-            self.weight = _new_kernel(out_channels, in_channels // groups, kh,
-                                      kw)
+        self._init_kernel(kh, kw)
         self.bn = norm_layer(out_channels)
-
-    def _kernel(self, weight):
-        if not self.shared:
-            return self.weight
-        if weight is None:
-            raise ValueError('a shared branch needs the main kernel')
-        return centre_crop_kernel(weight, self.kh, self.kw)
 
     def forward(self, x, weight=None, gate=None):
         y = F.conv2d(x, self._kernel(weight), None, self.stride,
@@ -201,22 +211,12 @@ class Conv1x1KxKBranch(Branch):
             torch.empty(in_channels, in_channels // groups, 1, 1))
         nn.init.dirac_(self.weight_1x1, groups=groups)
         self.bn_1x1 = norm_layer(in_channels)
-        if not shared:
-            self.weight = _new_kernel(out_channels, in_channels // groups,
-                                      kernel_size, kernel_size)
+        self._init_kernel(kernel_size, kernel_size)
         self.bn = norm_layer(out_channels)
 
-    def _kernel(self, weight):
-        if not self.shared:
-            return self.weight
-        if weight is None:
-            raise ValueError('a shared branch needs the main kernel')
-        return weight
-
     def forward(self, x, weight=None, gate=None):
-        u = F.conv2d(x, self.weight_1x1, None, 1, 0, 1, self.groups)
-        t = pad_with_bn_of_zero(
-            self.bn_1x1(u), self.bn_1x1, self.kernel_size // 2, u)
+        t = self._bn_and_pad(
+            F.conv2d(x, self.weight_1x1, None, 1, 0, 1, self.groups))
         y = F.conv2d(t, self._kernel(weight), None, self.stride, 0, 1,
                      self.groups)
         return batch_norm(self.bn, y, gate)
@@ -234,23 +234,13 @@ class Conv1x1AvgBranch(Branch):
                  groups=1, shared=False, norm_layer=nn.BatchNorm2d):
         super().__init__(in_channels, out_channels, kernel_size, stride,
                          groups, shared, norm_layer)
-        if not shared:
-            self.weight = _new_kernel(out_channels, in_channels // groups, 1,
-                                      1)
+        self._init_kernel(1, 1)
         self.bn_1x1 = norm_layer(out_channels)
         self.bn = norm_layer(out_channels)
 
-    def _kernel(self, weight):
-        if not self.shared:
-            return self.weight
-        if weight is None:
-            raise ValueError('a shared branch needs the main kernel')
-        return centre_crop_kernel(weight, 1, 1)
-
     def forward(self, x, weight=None, gate=None):
-        u = F.conv2d(x, self._kernel(weight), None, 1, 0, 1, self.groups)
-        t = pad_with_bn_of_zero(
-            self.bn_1x1(u), self.bn_1x1, self.kernel_size // 2, u)
+        t = self._bn_and_pad(
+            F.conv2d(x, self._kernel(weight), None, 1, 0, 1, self.groups))
         y = F.avg_pool2d(t, self.kernel_size, self.stride, 0)
         return batch_norm(self.bn, y, gate)
 
