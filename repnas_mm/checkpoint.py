@@ -255,3 +255,20 @@ class SafeCheckpointHook(Hook):
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         for key in list(checkpoint):
             checkpoint[key] = encode_plain(checkpoint[key])
+
+
+def architecture_in_checkpoint(filename) -> dict:
+    """The searched architecture a RepNAS checkpoint carries (plain data).
+
+    Raises ``ValueError`` naming the file when it carries none (it was not
+    written by a run with ``RepNASHook``).
+    """
+    checkpoint = CheckpointLoader.load_checkpoint(
+        str(filename), map_location='cpu', logger='current')
+    arch = (checkpoint.get('repnas') or {}).get('architecture') if isinstance(
+        checkpoint, dict) else None
+    if arch is None:
+        raise ValueError(f'{filename} carries no searched architecture (it '
+                         'was not written by a RepNASHook run); pass its '
+                         'searched_arch.json instead')
+    return arch

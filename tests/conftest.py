@@ -29,6 +29,45 @@ def coco8():
     return _data('coco8')
 
 
+def cls_data_options(root):
+    """--cfg-options pointing a classification config at ``root``."""
+    return [
+        f'train_dataloader.dataset.data_root={root}',
+        f'val_dataloader.dataset.data_root={root}',
+        f'test_dataloader.dataset.data_root={root}',
+    ]
+
+
+def det_data_options(root):
+    """--cfg-options pointing a (stock-layout) CenterNet config at coco8."""
+    return [
+        f'train_dataloader.dataset.dataset.data_root={root}/',
+        f'val_dataloader.dataset.data_root={root}/',
+        f'test_dataloader.dataset.data_root={root}/',
+        f'val_evaluator.ann_file={root}/instances_val.json',
+        f'test_evaluator.ann_file={root}/instances_val.json',
+    ]
+
+
+@pytest.fixture(scope='session')
+def searched_classifier(tmp_path_factory):
+    """A real RepNAS classification search (tools/train.py, cifar10_mini).
+
+    The small demo ODBBNet, 2 epochs of 4 iterations: one searching, then
+    the architecture fixed. Its work dir holds epoch_2.pth (which carries
+    the architecture) and searched_arch.json.
+    """
+    root = _data('cifar10_mini')
+    work = tmp_path_factory.mktemp('searched_classifier')
+    run_tool('tools/train.py', REPO / 'tests' / 'configs' /
+             'odbb_cls_cifar10_mini.py', '--work-dir', work, '--cfg-options',
+             'train_cfg.max_epochs=2', 'param_scheduler.T_max=2',
+             'param_scheduler.end=2', 'custom_hooks.0.warmup_epochs=0',
+             'custom_hooks.0.fix_epoch=1', 'train_dataloader.batch_size=4',
+             *cls_data_options(root))
+    return work
+
+
 def run_tool(*args, timeout=900, env=None, check=True):
     """Run ``python <args>`` from the repo root; fail with the output tail."""
     full_env = dict(os.environ, PYTHONUNBUFFERED='1')

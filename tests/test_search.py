@@ -13,7 +13,7 @@ from repnas_mm.search import SearchSpace, resolve_budget
 from repnas_mm.search.optim import JointOptimizer
 
 from .conftest import REPO, run_dist_train, run_tool
-from .test_tools_train import cls_data_options
+from .conftest import cls_data_options
 
 SEARCH_CFG = REPO / 'tests' / 'configs' / 'odbb_cls_cifar10_mini.py'
 
@@ -314,7 +314,8 @@ def _search_cfg(tmp_path, probe):
         "custom_imports = dict(imports=['repnas_mm', 'tests.probes'])\n"
         "custom_hooks = [dict(type='RepNASHook', budget=0.5, seed=0),\n"
         f"                dict(type='MaskProbeHook', out='{probe}')]\n"
-        "train_dataloader = dict(batch_size=8, dataset=dict(indices=32))\n"
+        "train_dataloader = dict(\n"
+        "    batch_size=8, dataset=dict(indices=list(range(0, 3000, 94))))\n"
         "optim_wrapper = dict(alpha_optimizer=dict(lr=0.05))\n")
     return cfg
 

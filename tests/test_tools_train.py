@@ -8,28 +8,11 @@ import math
 import pytest
 import torch
 
-from .conftest import REPO, read_scalars, run_dist_train, run_tool
+from .conftest import (REPO, cls_data_options, det_data_options, read_scalars,
+                       run_dist_train, run_tool)
 
 CLS_CFG = REPO / 'tests' / 'configs' / 'resnet18_cifar10_mini.py'
 DET_CFG = REPO / 'tests' / 'configs' / 'centernet_r18_coco8.py'
-
-
-def cls_data_options(root):
-    return [
-        f'train_dataloader.dataset.data_root={root}',
-        f'val_dataloader.dataset.data_root={root}',
-        f'test_dataloader.dataset.data_root={root}',
-    ]
-
-
-def det_data_options(root):
-    return [
-        f'train_dataloader.dataset.dataset.data_root={root}/',
-        f'val_dataloader.dataset.data_root={root}/',
-        f'test_dataloader.dataset.data_root={root}/',
-        f'val_evaluator.ann_file={root}/instances_val.json',
-        f'test_evaluator.ann_file={root}/instances_val.json',
-    ]
 
 
 @pytest.mark.slow

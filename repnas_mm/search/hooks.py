@@ -180,21 +180,25 @@ class RepNASHook(Hook):
             rng=_global_rng_state())
 
     def after_load_checkpoint(self, runner, checkpoint):
+        """``--resume``: restore the whole search; ``load_from``: warm-start
+        alpha only (e.g. a detector continuing a classification search)."""
         state = checkpoint.get('repnas')
         if state is None or self.space is None:
             return
-        resuming = bool(getattr(runner, '_resume', False))
-        try:
+        if getattr(runner, '_resume', False):
             self.space.load_state_dict(state['space'])
-        except ValueError as exc:
-            if resuming:
-                raise
-            print_log(f'RepNAS: not loading the search state of the '
-                      f'checkpoint: {exc}', logger='current')
-            return
-        if resuming:
             # The data pipeline's random draws continue where they stopped.
             _set_global_rng_state(state['rng'])
+            return
+        names = state['space']['_extra_state']['block_names']
+        if names != self.space.block_names:
+            print_log('RepNAS: the loaded checkpoint was searched on other '
+                      'blocks; alpha starts from zero', logger='current')
+            return
+        with torch.no_grad():
+            self.space.alpha.copy_(state['space']['alpha'])
+        print_log('RepNAS: alpha warm-started from the loaded checkpoint',
+                  logger='current')
 
     # -- logging helpers -----------------------------------------------------------
     def _kept_summary(self, mask) -> str:

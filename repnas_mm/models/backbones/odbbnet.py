@@ -44,7 +44,8 @@ class ODBBNet(BaseBackbone):
             a list of branch names for every block (filtered to the legal
             ones per block, like a preset), a per-block list of lists
             (checked strictly), a searched architecture (a ``.json``
-            path, its dict, or an ``Architecture``), or
+            path, its dict, an ``Architecture``, or the ``.pth`` checkpoint
+            of a RepNAS run, which carries it), or
             ``dict(type='random', budget=C, seed=0)``: the paper's random
             baseline, ``C`` branches in all (an int, or a float ratio of all
             legal branches).
@@ -56,6 +57,11 @@ class ODBBNet(BaseBackbone):
         with_cp (bool): gradient checkpointing per block (saves memory).
         deploy (bool): build the fused single-conv form directly.
         init_cfg (dict | list[dict], optional): mmengine initialisation.
+            ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``
+            is handled here: the checkpoint must hold every tensor of this
+            structure (extra ones, such as branches a search pruned, are
+            ignored) or loading stops with an error naming what is missing;
+            a multi-branch checkpoint loads into ``deploy=True`` by fusing.
     """
 
     arch_settings = {
@@ -162,7 +168,11 @@ class ODBBNet(BaseBackbone):
     def _block_branches(self, branches, shapes) -> List:
         """One branch spec per block (a preset name or a strict list)."""
         num = len(shapes)
-        if isinstance(branches, str) and not is_arch_file(branches):
+        if isinstance(branches, str) and branches.endswith(('.pth', '.pt')):
+            # The architecture a RepNAS run's checkpoint carries.
+            from repnas_mm.checkpoint import architecture_in_checkpoint
+            branches = architecture_in_checkpoint(branches)
+        elif isinstance(branches, str) and not is_arch_file(branches):
             return [branches] * num
         if isinstance(branches, dict) and branches.get('type') == 'random':
             legal = [legal_branches(cin, cout, s) for cin, cout, s, _ in shapes]
@@ -196,6 +206,59 @@ class ODBBNet(BaseBackbone):
             raise ValueError(f'{len(per_block)} branch lists given for '
                              f'{num} blocks of ODBBNet-{self.arch_name}')
         return per_block
+
+    # -- initialisation from a checkpoint ----------------------------------
+    def init_weights(self):
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            if not getattr(self, '_is_init', False):
+                self.load_pretrained(cfg['checkpoint'], cfg.get('prefix'))
+                self._is_init = True
+            return
+        super().init_weights()
+
+    def load_pretrained(self, checkpoint: str, prefix: str = None):
+        """Load this backbone's weights from a (classification) checkpoint.
+
+        ``prefix`` (e.g. ``'backbone.'``) selects the backbone's tensors.
+        """
+        from mmengine.logging import print_log
+        from mmengine.runner.checkpoint import CheckpointLoader
+        loaded = CheckpointLoader.load_checkpoint(
+            checkpoint, map_location='cpu', logger='current')
+        state = loaded.get('state_dict', loaded)
+        if prefix:
+            state = {k[len(prefix):]: v for k, v in state.items()
+                     if k.startswith(prefix)}
+            if not state:
+                raise ValueError(f'{checkpoint} has no tensor under the '
+                                 f'prefix {prefix!r}')
+        fused = any(k.endswith('fused_conv.weight') for k in state)
+        if fused and not self.deploy:
+            raise ValueError(f'{checkpoint} holds a fused (deploy) network: '
+                             'it cannot initialise a multi-branch ODBBNet; '
+                             'build the backbone with deploy=True')
+        target = self
+        if self.deploy and not fused:
+            # Load the multi-branch twin of this network, then fuse it.
+            target = ODBBNet(
+                dict(self.arch, name=self.arch_name),
+                in_channels=self.stem.conv.in_channels,
+                branches=[b.branch_names for b in self.blocks()],
+                kernel_size=self.kernel_size,
+                # A shared main kernel is stored on the ODBB itself.
+                weight_sharing=any(k.endswith('.conv.weight') for k in state))
+        unused = _load_checked(target, state, checkpoint, self.arch_name)
+        if target is not self:
+            target.switch_to_deploy()
+            self.load_state_dict(target.state_dict(), strict=True)
+        print_log(
+            f'ODBBNet-{self.arch_name}: loaded {checkpoint}'
+            + (f' (prefix {prefix!r})' if prefix else '')
+            + (', fused' if target is not self else '')
+            + (f'; {unused} tensors of it are not part of this structure '
+               '(pruned branches)' if unused else ''),
+            logger='current')
 
     # -- running -----------------------------------------------------------
     def forward(self, x):
@@ -243,6 +306,29 @@ class ODBBNet(BaseBackbone):
     def blocks(self) -> List[ODBB]:
         """Every ODBB of the network, stem first (the search's order)."""
         return [m for m in self.modules() if isinstance(m, ODBB)]
+
+
+def _load_checked(net, state, source, arch_name) -> int:
+    """Load ``state`` into ``net``; every tensor of ``net`` must be there.
+
+    Returns how many tensors of ``state`` ``net`` does not have.
+    """
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise ValueError(
+            f'{source} does not match ODBBNet-{arch_name} with this '
+            f'architecture: {len(missing)} of its {len(own)} tensors are '
+            f'missing, e.g. {missing[0]!r}. Is the checkpoint from another '
+            'arch, or from a search that kept other branches?')
+    for key, value in own.items():
+        if state[key].shape != value.shape:
+            raise ValueError(
+                f'{source} does not match ODBBNet-{arch_name}: {key!r} has '
+                f'shape {tuple(state[key].shape)} there, '
+                f'{tuple(value.shape)} here (another arch?)')
+    net.load_state_dict({k: state[k] for k in own}, strict=True)
+    return len(set(state) - set(own))
 
 
 class ODBBLayer(nn.Module):
