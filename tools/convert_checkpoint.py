@@ -9,14 +9,13 @@ made yourself or otherwise trust. The output is written atomically.
     python tools/convert_checkpoint.py epoch_12.pth epoch_12_safe.pth --trust
 """
 import argparse
-import os
 import os.path as osp
 import sys
-import tempfile
 
 import torch
 
 import repnas_mm  # noqa: F401
+from repnas_mm.atomic import atomic_path
 from repnas_mm.checkpoint import (UnsafeCheckpointError, allow_unsafe_checkpoints,
                                   encode_plain, load_checkpoint_safely)
 
@@ -37,17 +36,9 @@ def main(argv=None):
         checkpoint = load_checkpoint_safely(args.src, map_location='cpu')
     except UnsafeCheckpointError as exc:
         raise SystemExit(f'error: {exc} (here: pass --trust)')
-    folder = osp.dirname(osp.abspath(args.dst))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix='.part')
-    os.close(fd)
-    try:
+    with atomic_path(args.dst) as tmp:
         torch.save(encode_plain(checkpoint), tmp)
         torch.load(tmp, weights_only=True)  # what we promise
-        os.replace(tmp, args.dst)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
     print(f'wrote {args.dst}: loads with weights_only=True')
     return 0
 

@@ -19,9 +19,10 @@ without any search code.
 import json
 import os
 import os.path as osp
-import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Union
+
+from repnas_mm.atomic import atomic_path
 
 from .presets import canonical
 
@@ -108,19 +109,10 @@ def load_arch(source: ArchLike) -> Architecture:
 
 def save_arch(arch: Architecture, path: Union[str, os.PathLike]):
     """Write ``arch`` as JSON atomically (no half-written file on failure)."""
-    path = os.fspath(path)
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix='.part')
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
+    with atomic_path(path) as tmp:
+        with open(tmp, 'w', encoding='utf-8') as f:
             json.dump(arch.to_dict(), f, indent=2)
             f.write('\n')
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def is_arch_file(spec) -> bool:

@@ -1,8 +1,5 @@
 """The searched-architecture figure: blocks x branch types (RepNAS Figs. 6-11)."""
-import os
-import os.path as osp
-import tempfile
-
+from repnas_mm.atomic import atomic_path
 from repnas_mm.rep import BRANCH_NAMES
 from repnas_mm.rep.arch import Architecture
 
@@ -59,15 +56,9 @@ def plot_architecture(arch: Architecture, path: str, title: str = None):
     fig.colorbar(image, ax=ax, label='alpha', fraction=0.04, pad=0.02)
     fig.tight_layout()
 
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix='.part')
-    os.close(fd)
     try:
-        fig.savefig(tmp, format='png', dpi=120)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format='png', dpi=120)
     finally:
         plt.close(fig)
-        if osp.exists(tmp):
-            os.remove(tmp)
     return path

@@ -1,0 +1,26 @@
+"""Writing files so that a failure never leaves a half-written one behind."""
+import contextlib
+import os
+import os.path as osp
+import tempfile
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix='.part'):
+    """Yield a temporary path next to ``path``; rename it into place on success.
+
+    On any exception the temporary file is removed and ``path`` is left as it
+    was (absent, or its previous content). Standard library only.
+    """
+    path = os.fspath(path)
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=osp.basename(path) + '.',
+                               suffix=suffix)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)

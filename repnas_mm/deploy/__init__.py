@@ -1,0 +1,6 @@
+"""Fuse, verify, export and time models (layer 3; ``tools/deploy.py``)."""
+from .model import DeployError, build_model, is_fused, load_for_deploy
+from .workflow import deploy
+
+__all__ = ['DeployError', 'build_model', 'deploy', 'is_fused',
+           'load_for_deploy']

@@ -1,0 +1,100 @@
+"""Build a model for deployment: structure first, then weights, then fuse.
+
+Every problem a user can cause (a missing or foreign checkpoint, a config
+without ODBBs) is a :class:`DeployError` with one line that says what to do.
+"""
+import os.path as osp
+from typing import List
+
+import torch.nn as nn
+
+from repnas_mm.rep import ODBB, reparameterize_model
+
+
+class DeployError(Exception):
+    """A problem with the inputs of a deployment, told in one line."""
+
+
+def build_model(cfg) -> nn.Module:
+    """The config's model in its registry scope (no weights loaded)."""
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
+    try:
+        model = MODELS.build(cfg.model)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise DeployError(f'cannot build the model of {cfg.filename}: '
+                          f'{exc}') from None
+    if not any(isinstance(m, ODBB) for m in model.modules()):
+        raise DeployError(
+            f'the model of {cfg.filename} has no ODBB: there is nothing to '
+            'fuse (is this a repnas_mm config?)')
+    return model
+
+
+def odbbs(model: nn.Module) -> List[ODBB]:
+    return [m for m in model.modules() if isinstance(m, ODBB)]
+
+
+def is_fused(model: nn.Module) -> bool:
+    return all(b.fused_conv is not None for b in odbbs(model))
+
+
+def _apply_searched_architecture(model, arch: dict) -> int:
+    """Restrict a supernet's blocks to the branches a search kept."""
+    named = {name: m for name, m in model.named_modules()
+             if isinstance(m, ODBB)}
+    entries = arch['blocks']
+    if [e['name'] for e in entries] != list(named):
+        raise DeployError(
+            'the checkpoint\'s searched architecture names other blocks than '
+            'the config\'s model (was it trained with another config?)')
+    for entry in entries:
+        block = named[entry['name']]
+        if block.fused_conv is None:
+            block.active = entry['branches']
+    return sum(len(e['branches']) for e in entries)
+
+
+def load_for_deploy(cfg, checkpoint: str):
+    """(model in eval mode, info) with the checkpoint's weights loaded.
+
+    A RepNAS supernet checkpoint keeps only its searched branches; a fused
+    checkpoint loads into the fused structure (deploying it again is a
+    no-op). Mismatching checkpoints raise :class:`DeployError`.
+    """
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    from repnas_mm.checkpoint import UnsafeCheckpointError
+    if not osp.isfile(checkpoint):
+        raise DeployError(f'checkpoint not found: {checkpoint}')
+    model = build_model(cfg)
+    try:
+        loaded = CheckpointLoader.load_checkpoint(
+            checkpoint, map_location='cpu', logger='current')
+    except UnsafeCheckpointError as exc:
+        raise DeployError(str(exc)) from None
+    state = loaded.get('state_dict', loaded)
+    info = dict(already_fused=any(
+        k.endswith('fused_conv.weight') for k in state))
+    if info['already_fused']:
+        reparameterize_model(model, inplace=True)
+    else:
+        arch = (loaded.get('repnas') or {}).get('architecture')
+        if arch is not None:
+            info['searched_branches'] = _apply_searched_architecture(
+                model, arch)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or wrong:
+        key = (missing or wrong)[0]
+        what = (f'lacks {len(missing)} of its tensors, e.g. {key!r}'
+                if missing else f'has {key!r} with shape '
+                f'{tuple(state[key].shape)}, not {tuple(own[key].shape)}')
+        raise DeployError(
+            f'{checkpoint} does not match the model of {cfg.filename}: it '
+            f'{what} (a checkpoint of another arch or config?)')
+    model.load_state_dict({k: state[k] for k in own}, strict=True)
+    info['unused_tensors'] = len(set(state) - set(own))
+    info['meta'] = loaded.get('meta', {})
+    return model.eval(), info

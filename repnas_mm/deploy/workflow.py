@@ -1,0 +1,207 @@
+"""Fuse, verify, export: the steps of ``tools/deploy.py`` as one function."""
+import copy
+import os
+import os.path as osp
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from repnas_mm.atomic import atomic_path
+from repnas_mm.rep import reparameterize_model
+
+from .interop import to_repvgg_config, to_repvgg_state_dict
+from .model import DeployError, build_model, load_for_deploy, odbbs
+from .onnx import export_onnx, run_onnxruntime, write_mmdeploy_files
+from .verify import collect_batches, model_inputs, raw_outputs, relative_error
+
+
+def deploy_config(cfg, model):
+    """A copy of ``cfg`` that builds the fused model directly.
+
+    Every ODBBNet is built with ``deploy=True`` and the branches the model
+    kept (so the file records the searched architecture); training-only
+    parts (search hook, optimizer constructor, initialisation) are dropped.
+    """
+    out = copy.deepcopy(cfg)
+    kept = iter([b.branch_names for b in odbbs(model)])
+
+    def visit(node):
+        if isinstance(node, dict):
+            if node.get('type') == 'ODBBNet':
+                node['deploy'] = True
+                node['init_cfg'] = None
+                node['branches'] = [
+                    list(next(kept)) for _ in range(_num_blocks(node))
+                ]
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                visit(value)
+
+    visit(out.model)
+    out.custom_hooks = [
+        h for h in out.get('custom_hooks', [])
+        if h.get('type') not in ('RepNASHook', )
+    ]
+    if 'optim_wrapper' in out:
+        out.optim_wrapper.pop('constructor', None)
+        out.optim_wrapper.pop('alpha_optimizer', None)
+    out.load_from = None
+    out.resume = False
+    return out
+
+
+def _num_blocks(backbone_cfg) -> int:
+    from repnas_mm.models import ODBBNet
+    arch = backbone_cfg['arch']
+    arch = ODBBNet.arch_settings[arch] if isinstance(arch, str) else arch
+    return 1 + sum(arch['num_blocks'])
+
+
+def _task(cfg):
+    scope = cfg.get('default_scope', 'mmpretrain')
+    return ('ObjectDetection', 'mmdet') if scope == 'mmdet' else (
+        'Classification', 'mmpretrain')
+
+
+def save_checkpoint(state_dict, meta, path):
+    with atomic_path(path) as tmp:
+        torch.save({'meta': meta, 'state_dict': state_dict}, tmp)
+
+
+def dump_config(cfg, path):
+    with atomic_path(path, suffix='.py') as tmp:
+        cfg.dump(tmp)
+
+
+def deploy(config: str,
+           checkpoint: str,
+           work_dir: str,
+           images: Optional[Sequence[str]] = None,
+           num_images: int = 8,
+           tolerance: float = 1e-4,
+           onnx: bool = False,
+           fmt: str = 'repnas',
+           log: Callable[[str], None] = print) -> dict:
+    """Load, fuse, verify and write a model; return what was measured.
+
+    Raises :class:`DeployError` (nothing written for the failed step) when
+    the fused model, the RepVGG copy or the ONNX model differ from the
+    training-time model by more than ``tolerance`` (relative).
+    """
+    from mmengine.config import Config
+    if not osp.isfile(config):
+        raise DeployError(f'config not found: {config}')
+    cfg = Config.fromfile(config)
+    name = osp.splitext(osp.basename(config))[0]
+    if fmt == 'mmpretrain-repvgg':
+        to_repvgg_config(cfg)  # refuse an ineligible model before any work
+    model, info = load_for_deploy(cfg, checkpoint)
+    log(f'[deploy] loaded {checkpoint}: {len(odbbs(model))} ODBBs'
+        + (', already fused' if info['already_fused'] else '')
+        + (f', searched architecture of {info["searched_branches"]} '
+           'branches' if 'searched_branches' in info else ''))
+
+    batches = collect_batches(cfg, images, num_images)
+    inputs = [model_inputs(model, b) for b in batches]
+    reference = [raw_outputs(model, x) for x in inputs]
+    fused = reparameterize_model(model)
+    error = relative_error(
+        [t for x in inputs for t in raw_outputs(fused, x)],
+        [t for r in reference for t in r])
+    result = dict(fused_error=error, images=len(inputs))
+    log(f'[deploy] verified on {len(inputs)} real image(s): fused vs '
+        f'training-time, max relative error {error:.2e} (tolerance '
+        f'{tolerance:g})')
+    if error > tolerance:
+        raise DeployError(f'the fused model differs from the training-time '
+                          f'one: max relative error {error:.2e} > '
+                          f'{tolerance:g}; nothing was written')
+
+    os.makedirs(work_dir, exist_ok=True)
+    meta = dict(info.get('meta', {}))
+    meta['repnas_deploy'] = dict(source=osp.abspath(checkpoint),
+                                 fused_error=error)
+    fused_ckpt = osp.join(work_dir, f'{name}_fused.pth')
+    fused_cfg = osp.join(work_dir, f'{name}_deploy.py')
+    save_checkpoint(fused.state_dict(), meta, fused_ckpt)
+    dump_config(deploy_config(cfg, fused), fused_cfg)
+    # What we promise: the deploy config builds a model that loads the fused
+    # checkpoint strictly.
+    check = build_model(Config.fromfile(fused_cfg))
+    check.load_state_dict(fused.state_dict(), strict=True)
+    result.update(checkpoint=fused_ckpt, config=fused_cfg)
+    log(f'[deploy] wrote {fused_ckpt} and {fused_cfg} (loads strictly)')
+
+    if fmt == 'mmpretrain-repvgg':
+        result.update(_write_repvgg(cfg, fused, meta, inputs, work_dir, name,
+                                    tolerance, log))
+    if onnx:
+        result.update(_write_onnx(cfg, fused, checkpoint, inputs, work_dir,
+                                  tolerance, log))
+    return result
+
+
+def _write_repvgg(cfg, fused, meta, inputs, work_dir, name, tolerance, log):
+    repvgg_cfg = to_repvgg_config(cfg)
+    state = to_repvgg_state_dict(fused.state_dict())
+    stock = build_model_unchecked(repvgg_cfg)
+    stock.load_state_dict(state, strict=True)
+    stock.eval()
+    error = relative_error(
+        [t for x in inputs for t in raw_outputs(stock, x)],
+        [t for x in inputs for t in raw_outputs(fused, x)])
+    if error > tolerance:
+        raise DeployError(f'stock RepVGG differs from the fused model: '
+                          f'{error:.2e} > {tolerance:g}')
+    ckpt = osp.join(work_dir, f'{name}_repvgg.pth')
+    path = osp.join(work_dir, f'{name}_repvgg.py')
+    save_checkpoint(state, meta, ckpt)
+    dump_config(repvgg_cfg, path)
+    log(f'[deploy] wrote {ckpt} and {path}: stock mmpretrain RepVGG deploy '
+        f'loads it strictly, max relative error {error:.2e}')
+    return dict(repvgg_checkpoint=ckpt, repvgg_config=path,
+                repvgg_error=error)
+
+
+def build_model_unchecked(cfg):
+    """The config's model (it need not contain ODBBs)."""
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
+    return MODELS.build(cfg.model)
+
+
+def _write_onnx(cfg, fused, checkpoint, inputs, work_dir, tolerance, log):
+    path = osp.join(work_dir, 'end2end.onnx')
+    expected = [raw_outputs(fused, x) for x in inputs]
+
+    def parity(onnx_file):
+        got = run_onnxruntime(onnx_file, inputs)
+        error = relative_error([t for g in got for t in g],
+                               [t for e in expected for t in e])
+        if error > tolerance:
+            raise DeployError(f'ONNX Runtime differs from PyTorch: max '
+                              f'relative error {error:.2e} > {tolerance:g}; '
+                              'no ONNX file was written')
+        return error
+
+    onnx_info = export_onnx(fused, inputs[0], path, check=parity)
+    error = onnx_info.pop('parity_error')
+    task, codebase = _task(cfg)
+    write_mmdeploy_files(work_dir, cfg, checkpoint, onnx_info, task, codebase)
+    log(f'[deploy] wrote {path} (opset {onnx_info["opset_version"]}, dynamic '
+        f'batch/height/width) and deploy.json, pipeline.json, detail.json; '
+        f'ONNX Runtime vs PyTorch: max relative error {error:.2e}')
+    try:
+        import mmdeploy  # noqa: F401
+    except ImportError:
+        log('[deploy] mmdeploy is not installed: the mmdeploy-style files '
+            'above were written by repnas_mm (mmdeploy 1.3.1 pins protobuf '
+            '3.20 and onnx 1.17, which conflict with the onnxruntime pinned '
+            'here)')
+    else:
+        log('[deploy] mmdeploy is installed; this tool does not call its '
+            'export API (untested here), the folder above follows its SDK '
+            'layout')
+    return dict(onnx=path, onnx_error=error)

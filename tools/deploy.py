@@ -1,0 +1,79 @@
+#!/usr/bin/env python
+"""Fuse a trained model, verify it, write it for deployment, and time it.
+
+    python tools/deploy.py CONFIG CHECKPOINT --work-dir DIR [--onnx]
+        [--images FILE_OR_DIR ...] [--format {repnas,mmpretrain-repvgg}]
+        [--tolerance 1e-4] [--benchmark]
+
+Steps: load (the checkpoint's searched architecture first, then its weights)
+-> fuse every ODBB -> verify on real images (the config's test data, or
+--images) that the fused model computes what the training-time one does
+(exit 1 above the tolerance) -> write DIR/<config>_fused.pth and
+DIR/<config>_deploy.py (deploy=True; tools/test.py evaluates them) ->
+--format mmpretrain-repvgg: also a checkpoint + config for stock mmpretrain
+RepVGG deploy -> --onnx: DIR/end2end.onnx (opset 17, dynamic batch), checked
+in ONNX Runtime against PyTorch, with mmdeploy-style deploy/pipeline/detail
+json. Every file is written atomically. --benchmark then runs
+tools/benchmark_latency.py on the config.
+"""
+import argparse
+import sys
+
+import repnas_mm  # noqa: F401
+from repnas_mm.deploy import DeployError, deploy
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('config')
+    parser.add_argument('checkpoint')
+    parser.add_argument('--work-dir', required=True)
+    parser.add_argument(
+        '--images',
+        nargs='+',
+        help='verify on these images/folders instead of the test data set')
+    parser.add_argument('--num-images', type=int, default=8)
+    parser.add_argument(
+        '--tolerance',
+        type=float,
+        default=1e-4,
+        help='max relative error allowed (fused, RepVGG and ONNX vs PyTorch)')
+    parser.add_argument('--onnx', action='store_true')
+    parser.add_argument(
+        '--format', choices=('repnas', 'mmpretrain-repvgg'), default='repnas')
+    parser.add_argument(
+        '--benchmark',
+        action='store_true',
+        help='then time training-time / fused / ONNX / references')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        result = deploy(
+            args.config,
+            args.checkpoint,
+            args.work_dir,
+            images=args.images,
+            num_images=args.num_images,
+            tolerance=args.tolerance,
+            onnx=args.onnx,
+            fmt=args.format)
+        if args.benchmark:
+            from repnas_mm.deploy.latency import run_latency_benchmark
+            run_latency_benchmark(
+                args.config,
+                checkpoint=args.checkpoint,
+                out_dir=args.work_dir)
+    except DeployError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 1
+    print('[deploy] done: ' + ', '.join(
+        f'{k}={v:.2e}' if isinstance(v, float) else f'{k}={v}'
+        for k, v in result.items()))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
