@@ -20,7 +20,15 @@ def atomic_path(path, suffix='.part'):
     os.close(fd)
     try:
         yield tmp
+        # mkstemp creates 0600 files; give the result the usual mode.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if osp.exists(tmp):
             os.remove(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

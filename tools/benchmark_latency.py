@@ -11,6 +11,8 @@ Writes OUT/latency.md (Markdown table), latency.json and latency.png (bar chart)
 import argparse
 import sys
 
+from mmengine.config import DictAction
+
 import repnas_mm  # noqa: F401
 from repnas_mm.deploy import DeployError
 from repnas_mm.deploy.latency import run_latency_benchmark
@@ -29,11 +31,13 @@ def main(argv=None):
     parser.add_argument('--iters', type=int, default=3)
     parser.add_argument('--device')
     parser.add_argument('--no-onnx', action='store_true')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = parser.parse_args(argv)
     try:
         run_latency_benchmark(args.target, args.checkpoint, args.out_dir,
                               args.batch_size, args.input_size, args.repeats,
-                              args.iters, args.device, not args.no_onnx)
+                              args.iters, args.device, not args.no_onnx,
+                              cfg_options=args.cfg_options)
     except DeployError as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1

@@ -1,19 +1,23 @@
 #!/usr/bin/env python
-"""The repnas_mm demo: the product's pipeline on real images, on a CPU.
+"""The repnas_mm demo: the whole pipeline on real images, on a CPU.
 
     make demo                      # or: python tools/demo.py
     python tools/demo.py --quick   # a much smaller run (what the tests do)
 
-Steps (each through the same command-line tools a user runs):
-  1. data: a class-per-folder subset of Fashion-MNIST (tools/prepare_demo_data.py)
-  2. search: RepNAS on an ODBBNet classifier, half of its branches kept
-     (tools/train.py configs/demo/odbb_fmnist_cls.py), then the searched
-     network trains on
-and a summary whose numbers are read from the run's own logs.
+Every step runs the command-line tool a user would run:
+  1. data      tools/prepare_demo_data.py: Fashion-MNIST class folders and a
+               COCO-format detection set of items placed on canvases
+  2. search    tools/train.py configs/demo/odbb_fmnist_cls.py: RepNAS on a
+               small ODBBNet classifier under a branch budget (+ figure)
+  3. detect    tools/train.py configs/demo/centernet_odbb_fmnist.py: CenterNet
+               fine-tuned from the searched backbone, COCO mAP (CocoMetric)
+  4. deploy    tools/deploy.py --onnx: fuse, verify, ONNX + ONNX Runtime
+  5. latency   tools/benchmark_latency.py: training-time vs fused vs ORT vs
+               ResNet backbones
+The summary at the end is read from the files those runs wrote.
 """
 import argparse
 import json
-import os.path as osp
 import subprocess
 import sys
 import time
@@ -25,12 +29,14 @@ sys.path.insert(0, str(REPO / 'tools'))
 import prepare_demo_data  # noqa: E402
 
 CLS_CONFIG = REPO / 'configs' / 'demo' / 'odbb_fmnist_cls.py'
+DET_CONFIG = REPO / 'configs' / 'demo' / 'centernet_odbb_fmnist.py'
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--work-dir', default='work_dirs/demo')
     parser.add_argument('--data-root', default='data/demo/fmnist')
+    parser.add_argument('--det-data-root', default='data/demo/fmnist_det')
     parser.add_argument(
         '--fmnist',
         default=prepare_demo_data.DEFAULT_SOURCE,
@@ -38,7 +44,7 @@ def parse_args(argv=None):
     parser.add_argument(
         '--quick',
         action='store_true',
-        help='tiny data and schedule: checks the pipeline, not accuracy')
+        help='tiny data and schedules: checks the pipeline, not accuracy')
     return parser.parse_args(argv)
 
 
@@ -50,16 +56,17 @@ def run(cmd, log_path):
     """Run a tool, mirror its output to ``log_path``; exit on failure."""
     print('$ ' + ' '.join(map(str, cmd)), flush=True)
     with open(log_path, 'w') as log:
-        proc = subprocess.Popen(
-            [str(c) for c in cmd],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1)
+        proc = subprocess.Popen([str(c) for c in cmd],
+                                cwd=REPO,
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT,
+                                text=True,
+                                bufsize=1)
         for line in proc.stdout:
             log.write(line)
-            if ' - mmengine - ' in line or line.startswith(('[', 'error')):
+            if (' - mmengine - ' in line and ('Epoch(' in line
+                                             or 'RepNAS' in line)) or \
+                    line.startswith(('[deploy]', '[latency]', '|', 'error')):
                 sys.stdout.write(line)
         rc = proc.wait()
     if rc != 0:
@@ -76,59 +83,136 @@ def read_scalars(work_dir):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def last_checkpoint(work_dir) -> str:
+    return (Path(work_dir) / 'last_checkpoint').read_text().strip()
+
+
 def main(argv=None):
     args = parse_args(argv)
-    work = Path(args.work_dir)
+    work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    py = sys.executable
     start = time.time()
-    summary = {}
+    quick = args.quick
 
-    banner('1/2 data: Fashion-MNIST subset')
-    train_n, val_n = (20, 10) if args.quick else (200, 50)
+    banner('1/5 data: Fashion-MNIST classification and detection sets')
     try:
-        prepare_demo_data.write_classification(args.fmnist, args.data_root,
-                                               train_n, val_n, seed=0)
+        prepare_demo_data.write_classification(
+            args.fmnist, args.data_root, *((20, 10) if quick else (200, 50)),
+            seed=0)
+        prepare_demo_data.write_detection(
+            args.fmnist, args.det_data_root,
+            *((32, 16) if quick else (600, 100)), seed=0)
     except FileNotFoundError as exc:
         raise SystemExit(f'demo: {exc}')
+    data_root = Path(args.data_root).resolve()
+    det_root = Path(args.det_data_root).resolve()
 
-    banner('2/2 search: RepNAS on an ODBBNet classifier')
+    banner('2/5 search: RepNAS on an ODBBNet classifier')
     cls_dir = work / 'classifier'
-    options = [
-        f'train_dataloader.dataset.data_root={args.data_root}',
-        f'val_dataloader.dataset.data_root={args.data_root}',
-        f'test_dataloader.dataset.data_root={args.data_root}',
+    cls_options = [f'{k}_dataloader.dataset.data_root={data_root}'
+                   for k in ('train', 'val', 'test')]
+    if quick:
+        cls_options += [
+            'train_cfg.max_epochs=2', 'param_scheduler.T_max=2',
+            'param_scheduler.end=2', 'custom_hooks.0.warmup_epochs=0',
+            'custom_hooks.0.fix_epoch=1'
+        ]
+    run([py, 'tools/train.py', CLS_CONFIG, '--work-dir', cls_dir,
+         '--cfg-options', *cls_options], work / '2_search.log')
+    cls_ckpt = last_checkpoint(cls_dir)
+
+    banner('3/5 detect: CenterNet fine-tuned from the searched backbone')
+    det_dir = work / 'detector'
+    det_options = [
+        f'model.backbone.branches={cls_dir}/searched_arch.json',
+        f'model.backbone.init_cfg.checkpoint={cls_ckpt}',
+        f'train_dataloader.dataset.dataset.data_root={det_root}/',
+        f'val_dataloader.dataset.data_root={det_root}/',
+        f'test_dataloader.dataset.data_root={det_root}/',
+        f'val_evaluator.ann_file={det_root}/instances_val.json',
+        f'test_evaluator.ann_file={det_root}/instances_val.json',
     ]
-    if args.quick:
-        options += ['train_cfg.max_epochs=1', 'param_scheduler.T_max=1',
-                    'param_scheduler.end=1']
-    run([
-        sys.executable, 'tools/train.py', CLS_CONFIG, '--work-dir', cls_dir,
-        '--cfg-options', *options
-    ], work / 'train_classifier.log')
-    scalars = read_scalars(cls_dir)
-    accuracies = [s['accuracy/top1'] for s in scalars if 'accuracy/top1' in s]
+    train_det = ['train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
+                 'param_scheduler.1.end=1'] if quick else []
+    run([py, 'tools/train.py', DET_CONFIG, '--work-dir', det_dir,
+         '--cfg-options', *det_options, *train_det], work / '3_detect.log')
+    det_ckpt = last_checkpoint(det_dir)
+
+    banner('4/5 deploy: fuse, verify on real images, ONNX + ONNX Runtime')
+    deploy_dir = work / 'deploy'
+    run([py, 'tools/deploy.py', DET_CONFIG, det_ckpt, '--work-dir',
+         deploy_dir, '--onnx', '--num-images', 2 if quick else 8,
+         '--cfg-options', *det_options], work / '4_deploy.log')
+
+    banner('5/5 latency: training-time vs fused vs ONNX Runtime')
+    latency_dir = work / 'latency'
+    run([py, 'tools/benchmark_latency.py', DET_CONFIG, '--checkpoint',
+         det_ckpt, '--input-size', 128, '--out-dir', latency_dir,
+         *(['--repeats', 2, '--iters', 1] if quick else []),
+         '--cfg-options', *det_options], work / '5_latency.log')
+
+    banner('summary')
+    summary = collect_summary(cls_dir, det_dir, deploy_dir, latency_dir)
+    summary['time'] = f'{time.time() - start:.0f} s'
+    width = max(len(k) for k in summary)
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            print(f'{key}:')
+            for name, path in value.items():
+                print(f'  {name:<{width - 2}} : {path}')
+        else:
+            print(f'{key:<{width}} : {value}')
+    with open(work / 'summary.json', 'w') as f:
+        json.dump(summary, f, indent=2)
+    print(f'\n(summary also in {work / "summary.json"}; logs of every step '
+          f'in {work})')
+    return 0
+
+
+def collect_summary(cls_dir, det_dir, deploy_dir, latency_dir) -> dict:
+    """Numbers and paths, read from the files the steps wrote."""
+    summary = {}
+    accuracy = [s['accuracy/top1'] for s in read_scalars(cls_dir)
+                if 'accuracy/top1' in s]
     summary['val top-1 accuracy (10 classes, chance 10%)'] = (
-        f'{accuracies[-1]:.1f}% after {len(accuracies)} epoch(s)')
+        f'{accuracy[-1]:.1f}% after {len(accuracy)} epoch(s)')
     with open(cls_dir / 'searched_arch.json') as f:
         arch = json.load(f)
     legal = sum(len(b['alpha']) for b in arch['blocks'])
     summary['kept branches vs budget'] = (
         f'{arch["num_branches"]} kept, budget {arch["budget"]} of {legal} '
         f'legal, in {len(arch["blocks"])} blocks')
-    summary['searched architecture'] = str(cls_dir / 'searched_arch.json')
-    summary['architecture figure'] = str(cls_dir / 'searched_arch.png')
-    checkpoints = sorted(cls_dir.glob('epoch_*.pth'), key=osp.getmtime)
-    summary['classifier checkpoint'] = str(checkpoints[-1])
-
-    banner('summary')
-    summary['time'] = f'{time.time() - start:.0f} s'
-    summary['logs'] = str(work)
-    width = max(len(k) for k in summary)
-    for key, value in summary.items():
-        print(f'{key:<{width}} : {value}')
-    with open(work / 'summary.json', 'w') as f:
-        json.dump(summary, f, indent=2)
-    return 0
+    det = [s for s in read_scalars(det_dir) if 'coco/bbox_mAP' in s][-1]
+    summary['detection bbox mAP (CocoMetric)'] = (
+        f'{det["coco/bbox_mAP"]:.3f} (mAP@50 {det["coco/bbox_mAP_50"]:.3f})')
+    with open(deploy_dir / 'deploy_result.json') as f:
+        deployed = json.load(f)
+    summary['fused vs training-time, max relative error'] = (
+        f'{deployed["fused_error"]:.1e} on {deployed["images"]} images')
+    summary['ONNX Runtime vs PyTorch, max relative error'] = \
+        f'{deployed["onnx_error"]:.1e}'
+    with open(latency_dir / 'latency.json') as f:
+        latency = json.load(f)
+    results = latency['results']
+    training = next(v for k, v in results.items() if 'training-time' in k)
+    fused = results['fused']
+    summary['fused vs training-time speed'] = (
+        f'{training["ms_per_batch"] / fused["ms_per_batch"]:.2f}x '
+        f'({fused["ms_per_batch"]:.1f} vs {training["ms_per_batch"]:.1f} ms '
+        f'per batch of {latency["batch_size"]}, {latency["device"]})')
+    summary['artifacts'] = {
+        'searched architecture': str(cls_dir / 'searched_arch.json'),
+        'architecture figure': str(cls_dir / 'searched_arch.png'),
+        'classifier checkpoint': last_checkpoint(cls_dir),
+        'detector checkpoint': last_checkpoint(det_dir),
+        'fused detector': deployed['checkpoint'],
+        'deploy config': deployed['config'],
+        'ONNX model': deployed['onnx'],
+        'latency table': str(latency_dir / 'latency.md'),
+        'latency chart': str(latency_dir / 'latency.png'),
+    }
+    return summary
 
 
 if __name__ == '__main__':

@@ -13,11 +13,14 @@ DIR/<config>_deploy.py (deploy=True; tools/test.py evaluates them) ->
 --format mmpretrain-repvgg: also a checkpoint + config for stock mmpretrain
 RepVGG deploy -> --onnx: DIR/end2end.onnx (opset 17, dynamic batch), checked
 in ONNX Runtime against PyTorch, with mmdeploy-style deploy/pipeline/detail
-json. Every file is written atomically. --benchmark then runs
+json. DIR/deploy_result.json records what was measured. Every file is
+written atomically. --benchmark then runs
 tools/benchmark_latency.py on the config.
 """
 import argparse
 import sys
+
+from mmengine.config import DictAction
 
 import repnas_mm  # noqa: F401
 from repnas_mm.deploy import DeployError, deploy
@@ -45,6 +48,11 @@ def parse_args(argv=None):
         '--benchmark',
         action='store_true',
         help='then time training-time / fused / ONNX / references')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config keys (written into the deploy config too)')
     return parser.parse_args(argv)
 
 
@@ -59,13 +67,15 @@ def main(argv=None):
             num_images=args.num_images,
             tolerance=args.tolerance,
             onnx=args.onnx,
-            fmt=args.format)
+            fmt=args.format,
+            cfg_options=args.cfg_options)
         if args.benchmark:
             from repnas_mm.deploy.latency import run_latency_benchmark
             run_latency_benchmark(
                 args.config,
                 checkpoint=args.checkpoint,
-                out_dir=args.work_dir)
+                out_dir=args.work_dir,
+                cfg_options=args.cfg_options)
     except DeployError as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1

@@ -1,18 +1,25 @@
 #!/usr/bin/env python
-"""Write the demo's data set from Debian's Fashion-MNIST (real photos, MIT).
+"""Write the demo's data sets from Debian's Fashion-MNIST (real photos, MIT).
 
-Reads the IDX files of the ``dataset-fashion-mnist`` package and writes a
-seeded, class-balanced subset as one folder per class (PNG), the layout of
-mmpretrain's ``CustomDataset``::
+Reads the IDX files of the ``dataset-fashion-mnist`` package and writes
 
-    OUT/train/<class>/<index>.png    (from the 60k training images)
-    OUT/val/<class>/<index>.png      (from the 10k test images)
+1. a seeded, class-balanced subset as one folder per class (PNG), the layout
+   of mmpretrain's ``CustomDataset``::
 
-The folder is written next to OUT and renamed into place when complete, so
-an interrupted run leaves nothing half-written; a finished OUT with the same
-settings is reused as is.
+       OUT/train/<class>/<index>.png    (from the 60k training images)
+       OUT/val/<class>/<index>.png      (from the 10k test images)
 
-    python tools/prepare_demo_data.py --out data/demo/fmnist --train-per-class 200
+2. a detection set in COCO format for mmdet's ``CocoDataset``: several real
+   items pasted on larger black canvases (scaled 1-1.6x, never overlapping),
+   each box the tight box of the pasted item, 10 categories::
+
+       DET_OUT/{train,val}/<id>.png, DET_OUT/instances_{train,val}.json
+
+Each folder is written next to its final place and renamed into place when
+complete, so an interrupted run leaves nothing half-written; a finished one
+with the same settings is reused as is.
+
+    python tools/prepare_demo_data.py --out data/demo/fmnist --det-out data/demo/fmnist_det
 """
 import argparse
 import gzip
@@ -77,12 +84,8 @@ def write_classification(source, out, train_per_class, val_per_class, seed):
         train_per_class=train_per_class,
         val_per_class=val_per_class,
         seed=seed)
-    manifest = osp.join(out, 'manifest.json')
-    if osp.isfile(manifest):
-        with open(manifest) as f:
-            if json.load(f).get('settings') == settings:
-                print(f'[data] {out} is up to date')
-                return None
+    if _up_to_date(out, settings):
+        return None
     rng = np.random.default_rng(seed)
     tmp = out.rstrip('/') + '.part'
     shutil.rmtree(tmp, ignore_errors=True)
@@ -108,12 +111,95 @@ def write_classification(source, out, train_per_class, val_per_class, seed):
     return counts
 
 
+def _up_to_date(out, settings):
+    manifest = osp.join(out, 'manifest.json')
+    if osp.isfile(manifest):
+        with open(manifest) as f:
+            if json.load(f).get('settings') == settings:
+                print(f'[data] {out} is up to date')
+                return True
+    return False
+
+
+def _place(rng, canvas, size, boxes, tries=100):
+    """Top-left corner for a size x size patch overlapping no box, or None."""
+    for _ in range(tries):
+        x, y = rng.integers(0, canvas - size + 1, size=2)
+        if all(x + size <= bx or bx + bw <= x or y + size <= by
+               or by + bh <= y for bx, by, bw, bh in boxes):
+            return int(x), int(y)
+    return None
+
+
+def write_detection(source, out, train_images, val_images, seed,
+                    canvas=128, objects=(2, 4)):
+    """Write the COCO-format detection set; return the number of boxes."""
+    import cv2
+    from tqdm import tqdm
+    settings = dict(source=osp.abspath(source), train_images=train_images,
+                    val_images=val_images, seed=seed, canvas=canvas,
+                    objects=list(objects))
+    if _up_to_date(out, settings):
+        return None
+    rng = np.random.default_rng(seed)
+    tmp = out.rstrip('/') + '.part'
+    shutil.rmtree(tmp, ignore_errors=True)
+    categories = [dict(id=i + 1, name=n) for i, n in enumerate(CLASSES)]
+    counts = {}
+    for split, num in (('train', train_images), ('val', val_images)):
+        items, labels = load_split(source, split)
+        os.makedirs(osp.join(tmp, split))
+        images, annotations = [], []
+        for image_id in tqdm(range(num), desc=f'[data] det {split}',
+                             unit='img'):
+            img = np.zeros((canvas, canvas), np.uint8)
+            placed = []
+            for _ in range(rng.integers(objects[0], objects[1] + 1)):
+                k = int(rng.integers(len(items)))
+                size = int(round(28 * rng.uniform(1.0, 1.6)))
+                corner = _place(rng, canvas, size, [p[0] for p in placed])
+                if corner is None:
+                    continue
+                patch = cv2.resize(items[k], (size, size))
+                x, y = corner
+                img[y:y + size, x:x + size] = patch
+                ys, xs = np.nonzero(patch > 10)
+                box = [x + int(xs.min()), y + int(ys.min()),
+                       int(xs.max() - xs.min() + 1),
+                       int(ys.max() - ys.min() + 1)]
+                placed.append(((x, y, size, size), box, int(labels[k])))
+            name = f'{image_id:05d}.png'
+            if not cv2.imwrite(osp.join(tmp, split, name), img):
+                raise OSError(f'could not write {name}')
+            images.append(dict(id=image_id, file_name=name, width=canvas,
+                               height=canvas))
+            for _, box, label in placed:
+                annotations.append(dict(
+                    id=len(annotations) + 1, image_id=image_id,
+                    category_id=label + 1, bbox=box,
+                    area=box[2] * box[3], iscrowd=0))
+        with open(osp.join(tmp, f'instances_{split}.json'), 'w') as f:
+            json.dump(dict(images=images, annotations=annotations,
+                           categories=categories), f)
+        counts[split] = dict(images=num, boxes=len(annotations))
+    with open(osp.join(tmp, 'manifest.json'), 'w') as f:
+        json.dump(dict(settings=settings, counts=counts), f, indent=2)
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
+    os.replace(tmp, out)
+    print(f'[data] wrote {counts} to {out}')
+    return counts
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--source', default=DEFAULT_SOURCE)
     parser.add_argument('--out', default='data/demo/fmnist')
     parser.add_argument('--train-per-class', type=int, default=200)
     parser.add_argument('--val-per-class', type=int, default=50)
+    parser.add_argument('--det-out', default='data/demo/fmnist_det')
+    parser.add_argument('--det-train-images', type=int, default=600)
+    parser.add_argument('--det-val-images', type=int, default=100)
     parser.add_argument('--seed', type=int, default=0)
     return parser.parse_args(argv)
 
@@ -123,6 +209,8 @@ def main(argv=None):
     try:
         write_classification(args.source, args.out, args.train_per_class,
                              args.val_per_class, args.seed)
+        write_detection(args.source, args.det_out, args.det_train_images,
+                        args.det_val_images, args.seed)
     except FileNotFoundError as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1

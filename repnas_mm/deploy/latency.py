@@ -48,7 +48,8 @@ def _with_backbone(cfg, backbone: dict, channels: int):
     return build_model_unchecked(cfg)
 
 
-def build_candidates(target: str, checkpoint: Optional[str] = None):
+def build_candidates(target: str, checkpoint: Optional[str] = None,
+                     cfg_options: Optional[dict] = None):
     """name -> eval-mode model, and the default input size."""
     from repnas_mm.models import ODBBNet
     if target in ODBBNet.arch_settings:
@@ -64,11 +65,11 @@ def build_candidates(target: str, checkpoint: Optional[str] = None):
         }
         size, label = 224, f'ODBB-{arch} classifier, all branches'
     else:
-        from mmengine.config import Config
+        from .workflow import load_config
         if not osp.isfile(target):
             raise DeployError(f'neither an ODBBNet arch nor a config: '
                               f'{target}')
-        cfg = Config.fromfile(target)
+        cfg = load_config(target, cfg_options)
         training = (load_for_deploy(cfg, checkpoint)[0]
                     if checkpoint else build_model(cfg))
         backbone = cfg.model.backbone
@@ -84,7 +85,7 @@ def build_candidates(target: str, checkpoint: Optional[str] = None):
                      deploy=True),
                 ODBBNet.arch_settings[arch]['channels'][-1])
         references = {
-            name: _with_backbone(
+            f'{name} backbone': _with_backbone(
                 cfg, dict(type='ResNet', depth=depth, out_indices=(3, )),
                 channels)
             for name, depth, channels in REFERENCES
@@ -95,7 +96,8 @@ def build_candidates(target: str, checkpoint: Optional[str] = None):
     models = {f'{label} (training-time)': training.eval()}
     models['fused'] = reparameterize_model(training).eval()
     if repvgg is not None:
-        models[f'stock RepVGG-{arch} deploy'] = repvgg.eval()
+        suffix = '' if target in ODBBNet.arch_settings else ' backbone'
+        models[f'stock RepVGG-{arch} deploy{suffix}'] = repvgg.eval()
     for name, model in references.items():
         models[name] = model.eval()
     return models, size
@@ -110,12 +112,13 @@ def run_latency_benchmark(target: str,
                           iters: int = 3,
                           device: Optional[str] = None,
                           onnx: bool = True,
+                          cfg_options: Optional[dict] = None,
                           log=print) -> Dict[str, dict]:
     """Time every candidate; write latency.md, latency.json, latency.png."""
     from .verify import flatten
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     batch = batch_size or (128 if device == 'cuda' else 8)
-    models, size = build_candidates(target, checkpoint)
+    models, size = build_candidates(target, checkpoint, cfg_options)
     size = input_size or size
     x = torch.randn(batch, 3, size, size)
     runs = {}

@@ -11,7 +11,8 @@ from repnas_mm.rep import reparameterize_model
 
 from .interop import to_repvgg_config, to_repvgg_state_dict
 from .model import DeployError, build_model, load_for_deploy, odbbs
-from .onnx import export_onnx, run_onnxruntime, write_mmdeploy_files
+from .onnx import (export_onnx, run_onnxruntime, write_json,
+                   write_mmdeploy_files)
 from .verify import collect_batches, model_inputs, raw_outputs, relative_error
 
 
@@ -83,6 +84,7 @@ def deploy(config: str,
            tolerance: float = 1e-4,
            onnx: bool = False,
            fmt: str = 'repnas',
+           cfg_options: Optional[dict] = None,
            log: Callable[[str], None] = print) -> dict:
     """Load, fuse, verify and write a model; return what was measured.
 
@@ -91,9 +93,7 @@ def deploy(config: str,
     training-time model by more than ``tolerance`` (relative).
     """
     from mmengine.config import Config
-    if not osp.isfile(config):
-        raise DeployError(f'config not found: {config}')
-    cfg = Config.fromfile(config)
+    cfg = load_config(config, cfg_options)
     name = osp.splitext(osp.basename(config))[0]
     if fmt == 'mmpretrain-repvgg':
         to_repvgg_config(cfg)  # refuse an ineligible model before any work
@@ -140,7 +140,19 @@ def deploy(config: str,
     if onnx:
         result.update(_write_onnx(cfg, fused, checkpoint, inputs, work_dir,
                                   tolerance, log))
+    write_json(result, osp.join(work_dir, 'deploy_result.json'))
     return result
+
+
+def load_config(config: str, cfg_options: Optional[dict] = None):
+    """The config file with ``--cfg-options`` merged; one-line errors."""
+    from mmengine.config import Config
+    if not osp.isfile(config):
+        raise DeployError(f'config not found: {config}')
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
 
 
 def _write_repvgg(cfg, fused, meta, inputs, work_dir, name, tolerance, log):

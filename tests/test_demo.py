@@ -1,0 +1,41 @@
+"""The demo pipeline (tools/demo.py) end to end, at a much smaller size."""
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import run_tool
+
+FMNIST = Path('/usr/share/datasets/fashion-mnist')
+
+
+@pytest.mark.slow
+def test_demo_pipeline_quick(tmp_path):
+    if not (FMNIST / 'train-images-idx3-ubyte.gz').is_file():
+        pytest.skip('Debian package dataset-fashion-mnist is not installed '
+                    '(.ci/run installs it; or: apt-get install '
+                    'dataset-fashion-mnist)')
+    work = tmp_path / 'demo'
+    proc = run_tool('tools/demo.py', '--quick', '--work-dir', work,
+                    '--data-root', tmp_path / 'cls', '--det-data-root',
+                    tmp_path / 'det', timeout=1200)
+    assert '==== summary ====' in proc.stdout
+    summary = json.loads((work / 'summary.json').read_text())
+    assert summary['kept branches vs budget'].startswith(
+        '22 kept, budget 22 of 44 legal')
+    assert 'mAP@50' in summary['detection bbox mAP (CocoMetric)']
+    fused_error = float(
+        summary['fused vs training-time, max relative error'].split()[0])
+    onnx_error = float(summary['ONNX Runtime vs PyTorch, max relative error'])
+    assert fused_error <= 1e-4 and onnx_error <= 1e-4
+    # The fused detector runs fewer ops than the 22-branch one: faster.
+    assert float(summary['fused vs training-time speed'].split('x')[0]) > 1
+    for name, path in summary['artifacts'].items():
+        assert Path(path).is_file(), name
+    # The data sets are what the summary says they are.
+    det = json.loads((tmp_path / 'det' / 'instances_val.json').read_text())
+    assert len(det['images']) == 16 and len(det['categories']) == 10
+    assert all(a['bbox'][2] > 5 and a['bbox'][3] > 5
+               for a in det['annotations'])
+    classes = sorted(p.name for p in (tmp_path / 'cls' / 'train').iterdir())
+    assert len(classes) == 10
