@@ -28,6 +28,17 @@ def atomic_path(path, suffix='.part'):
             os.remove(tmp)
 
 
+def save_figure(fig, path, dpi=120):
+    """Save a matplotlib figure as PNG atomically, then close it."""
+    import matplotlib.pyplot as plt
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format='png', dpi=dpi)
+    finally:
+        plt.close(fig)
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -190,7 +190,7 @@ def _bar_chart(results, title, path):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    from repnas_mm.atomic import atomic_path
+    from repnas_mm.atomic import save_figure
     names = list(results)
     values = [results[n]['images_per_second'] for n in names]
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(names) + 1.4))
@@ -201,8 +201,4 @@ def _bar_chart(results, title, path):
     ax.set_xlabel('images / s (higher is faster)')
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format='png', dpi=120)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)

@@ -1,5 +1,5 @@
 """The searched-architecture figure: blocks x branch types (RepNAS Figs. 6-11)."""
-from repnas_mm.atomic import atomic_path
+from repnas_mm.atomic import save_figure
 from repnas_mm.rep import BRANCH_NAMES
 from repnas_mm.rep.arch import Architecture
 
@@ -55,10 +55,4 @@ def plot_architecture(arch: Architecture, path: str, title: str = None):
         + '   \u25cf kept, hatched: not legal'), fontsize=10)
     fig.colorbar(image, ax=ax, label='alpha', fraction=0.04, pad=0.02)
     fig.tight_layout()
-
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format='png', dpi=120)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
