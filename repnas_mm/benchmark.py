@@ -55,11 +55,13 @@ def time_round_robin(runs: Dict[str, Callable[[], object]],
                      repeats: int = 5,
                      iters: int = 3,
                      warmup: int = 2,
-                     progress: bool = True) -> Dict[str, Timing]:
+                     progress: bool = True,
+                     inference: bool = True) -> Dict[str, Timing]:
     """Time every ``runs[name]()`` (one batch each); medians per repeat.
 
     Each repeat times ``iters`` consecutive calls of each model and records
-    the mean seconds per call.
+    the mean seconds per call. ``inference=False`` for training steps (no
+    ``torch.inference_mode``).
     """
     timings = {name: Timing(name, batch_size) for name in runs}
     bar = None
@@ -67,7 +69,7 @@ def time_round_robin(runs: Dict[str, Callable[[], object]],
         from tqdm import tqdm
         bar = tqdm(
             total=len(runs) * (repeats + 1), desc='timing', unit='run')
-    with torch.inference_mode():
+    with torch.inference_mode(inference):
         for name, run in runs.items():  # warm-up (allocator, cuDNN, caches)
             for _ in range(warmup):
                 run()

@@ -39,26 +39,36 @@ def is_fused(model: nn.Module) -> bool:
     return all(b.fused_conv is not None for b in odbbs(model))
 
 
-def _apply_searched_architecture(model, arch: dict) -> int:
-    """Restrict a supernet's blocks to the branches a search kept."""
+def saved_structure(checkpoint: dict):
+    """{block name: kept branches} a RepNAS or DyRep checkpoint carries."""
+    arch = (checkpoint.get('repnas') or {}).get('architecture')
+    if arch is not None:
+        return {b['name']: b['branches'] for b in arch['blocks']}
+    dyrep = checkpoint.get('dyrep')
+    if dyrep is not None:
+        return dict(dyrep['structure'])
+    return None
+
+
+def _apply_structure(model, structure: dict) -> int:
+    """Keep only the branches a search (or DyRep) left in every block."""
     named = {name: m for name, m in model.named_modules()
              if isinstance(m, ODBB)}
-    entries = arch['blocks']
-    if [e['name'] for e in entries] != list(named):
+    if list(structure) != list(named):
         raise DeployError(
-            'the checkpoint\'s searched architecture names other blocks than '
-            'the config\'s model (was it trained with another config?)')
-    for entry in entries:
-        block = named[entry['name']]
-        if block.fused_conv is None:
-            block.active = entry['branches']
-    return sum(len(e['branches']) for e in entries)
+            'the checkpoint\'s architecture names other blocks than the '
+            'config\'s model (was it trained with another config?)')
+    for name, branches in structure.items():
+        if named[name].fused_conv is None:
+            named[name].active = branches
+    return sum(len(b) for b in structure.values())
 
 
 def load_for_deploy(cfg, checkpoint: str):
     """(model in eval mode, info) with the checkpoint's weights loaded.
 
-    A RepNAS supernet checkpoint keeps only its searched branches; a fused
+    A RepNAS or DyRep checkpoint keeps only the branches its run left
+    active (the structure comes before the weights); a fused
     checkpoint loads into the fused structure (deploying it again is a
     no-op). Mismatching checkpoints raise :class:`DeployError`.
     """
@@ -79,10 +89,9 @@ def load_for_deploy(cfg, checkpoint: str):
     if info['already_fused']:
         reparameterize_model(model, inplace=True)
     else:
-        arch = (loaded.get('repnas') or {}).get('architecture')
-        if arch is not None:
-            info['searched_branches'] = _apply_searched_architecture(
-                model, arch)
+        structure = saved_structure(loaded)
+        if structure is not None:
+            info['searched_branches'] = _apply_structure(model, structure)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     wrong = [k for k in own if k in state and state[k].shape != own[k].shape]

@@ -10,7 +10,7 @@ from repnas_mm.atomic import atomic_path
 from repnas_mm.rep import reparameterize_model
 
 from .interop import to_repvgg_config, to_repvgg_state_dict
-from .model import DeployError, build_model, load_for_deploy, odbbs
+from .model import DeployError, load_for_deploy, odbbs
 from .onnx import (export_onnx, run_onnxruntime, write_json,
                    write_mmdeploy_files)
 from .verify import collect_batches, model_inputs, raw_outputs, relative_error
@@ -20,14 +20,20 @@ def deploy_config(cfg, model):
     """A copy of ``cfg`` that builds the fused model directly.
 
     Every ODBBNet is built with ``deploy=True`` and the branches the model
-    kept (so the file records the searched architecture); training-only
-    parts (search hook, optimizer constructor, initialisation) are dropped.
+    kept (so the file records the searched architecture); an
+    ``ODBBConverted`` backbone becomes its stock backbone; training-only
+    parts (search hooks, optimizer constructor, initialisation) are dropped.
     """
     out = copy.deepcopy(cfg)
     kept = iter([b.branch_names for b in odbbs(model)])
 
     def visit(node):
         if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(value, dict) and \
+                        value.get('type') == 'ODBBConverted':
+                    # Fused, a converted backbone is the stock one again.
+                    node[key] = dict(value['backbone'], init_cfg=None)
             if node.get('type') == 'ODBBNet':
                 node['deploy'] = True
                 node['init_cfg'] = None
@@ -43,7 +49,7 @@ def deploy_config(cfg, model):
     visit(out.model)
     out.custom_hooks = [
         h for h in out.get('custom_hooks', [])
-        if h.get('type') not in ('RepNASHook', )
+        if h.get('type') not in ('RepNASHook', 'DyRepHook')
     ]
     if 'optim_wrapper' in out:
         out.optim_wrapper.pop('constructor', None)
@@ -129,7 +135,7 @@ def deploy(config: str,
     dump_config(deploy_config(cfg, fused), fused_cfg)
     # What we promise: the deploy config builds a model that loads the fused
     # checkpoint strictly.
-    check = build_model(Config.fromfile(fused_cfg))
+    check = build_model_unchecked(Config.fromfile(fused_cfg))
     check.load_state_dict(fused.state_dict(), strict=True)
     result.update(checkpoint=fused_ckpt, config=fused_cfg)
     log(f'[deploy] wrote {fused_ckpt} and {fused_cfg} (loads strictly)')

@@ -1,4 +1,5 @@
 """OpenMMLab modules of repnas_mm (layer 3): registered on import."""
 from .backbones import ODBBNet
+from .converted import build_converted
 
-__all__ = ['ODBBNet']
+__all__ = ['ODBBNet', 'build_converted']

@@ -3,12 +3,16 @@ import copy
 
 import torch.nn as nn
 
+from .convert import restore_conv_bn
+
 
 def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Call ``switch_to_deploy()`` on every module of ``model`` that has it.
 
     Works for ODBBs and for any other re-parameterizable module with that
-    verb (mmpretrain's RepVGG blocks, for example). Returns the fused model;
+    verb (mmpretrain's RepVGG blocks, for example). ODBBs that
+    ``convert_to_odbb`` put in place of a Conv+BN pair become a plain
+    ``Conv2d`` + BN pair again (the stock layout). Returns the fused model;
     with ``inplace=False`` (default) ``model`` itself is left untouched.
     Fusing a fused model changes nothing.
     """
@@ -19,4 +23,6 @@ def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
                if callable(getattr(m, 'switch_to_deploy', None))]
     for module in targets:
         module.switch_to_deploy()
+    # ODBBs that replaced a model's own Conv+BN become that pair again.
+    restore_conv_bn(model)
     return model
