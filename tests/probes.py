@@ -42,3 +42,20 @@ class MaskProbeHook(Hook):
             alpha=space.alpha.detach().cpu().tolist())
         with open(f'{self.out}.rank{get_rank()}.jsonl', 'a') as f:
             f.write(json.dumps(record) + '\n')
+
+
+@HOOKS.register_module()
+class DyRepProbeHook(Hook):
+    """Appends every epoch's DyRep structure to ``out``.rank<N>.jsonl."""
+    priority = 'LOW'  # after DyRepHook
+
+    def __init__(self, out):
+        self.out = out
+
+    def after_train_epoch(self, runner):
+        hook = next(h for h in runner.hooks if type(h).__name__ ==
+                    'DyRepHook')
+        with open(f'{self.out}.rank{get_rank()}.jsonl', 'a') as f:
+            f.write(json.dumps(dict(epoch=runner.epoch,
+                                    structure=hook.policy.structure())) +
+                    '\n')

@@ -250,3 +250,33 @@ def test_short_run_grows_prunes_resumes_and_ends_fused(tmp_path,
     stock.load_state_dict(
         {k[len('backbone.'):]: v for k, v in state.items()
          if k.startswith('backbone.')}, strict=True)
+
+
+@pytest.mark.slow
+def test_ddp_ranks_grow_identical_structures(tmp_path, cifar10_mini):
+    """2 CPU processes, snip saliency (local gradients, all-reduced)."""
+    from .conftest import run_dist_train
+    probe = tmp_path / 'structure'
+    cfg = tmp_path / 'dyrep_ddp.py'
+    cfg.write_text(
+        f"_base_ = '{DYREP_CFG}'\n"
+        "custom_imports = dict(imports=['repnas_mm', 'tests.probes'])\n"
+        "train_dataloader = dict(batch_size=4, num_workers=0, dataset=dict(\n"
+        "    indices=list(range(0, 3000, 188))))\n"
+        "val_dataloader = dict(num_workers=0, dataset=dict(\n"
+        "    indices=list(range(0, 600, 60))))\n"
+        "custom_hooks = [dict(type='DyRepHook', interval=1, num_grow=2,\n"
+        "                     metric='snip', deparam_ratio=0.5,\n"
+        "                     input_size=32),\n"
+        f"                dict(type='DyRepProbeHook', out='{probe}')]\n"
+        "train_cfg = dict(max_epochs=3)\n"
+        "param_scheduler = dict(T_max=3)\n")
+    run_dist_train(cfg, 2, 29541, '--work-dir', tmp_path / 'work',
+                   '--cfg-options', *cls_data_options(cifar10_mini))
+    ranks = [[json.loads(line) for line in open(f'{probe}.rank{r}.jsonl')]
+             for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 3
+    for a, b in zip(*ranks):
+        assert a == b
+    grown = [sum(len(v) for v in r['structure'].values()) for r in ranks[0]]
+    assert grown[0] == 17 + 6  # two blocks grew after epoch 1
