@@ -23,6 +23,16 @@ def _unwrap(model):
     return model.module if is_model_wrapper(model) else model
 
 
+def _require_unused_parameters(runner, hook: str, why: str):
+    """DDP must tolerate parameters without gradient (skipped branches)."""
+    ddp = runner.model
+    if isinstance(ddp, torch.nn.parallel.DistributedDataParallel) and \
+            not ddp.find_unused_parameters:
+        raise RuntimeError(
+            f'{hook}: {why}; set model_wrapper_cfg=dict(type='
+            "'MMDistributedDataParallel', find_unused_parameters=True)")
+
+
 def _global_rng_state():
     state = dict(
         python=random.getstate(),
@@ -100,13 +110,8 @@ class RepNASHook(Hook):
             raise RuntimeError(
                 "RepNASHook: alpha is not optimized; set optim_wrapper's "
                 "constructor='RepNASOptimWrapperConstructor'")
-        ddp = runner.model
-        if isinstance(ddp, torch.nn.parallel.DistributedDataParallel) and \
-                not ddp.find_unused_parameters:
-            raise RuntimeError(
-                'RepNASHook: pruned branches get no gradient; set '
-                "model_wrapper_cfg=dict(type='MMDistributedDataParallel', "
-                'find_unused_parameters=True)')
+        _require_unused_parameters(runner, 'RepNASHook',
+                                   'pruned branches get no gradient')
         print_log(
             f'RepNAS: {len(self.space.blocks)} blocks, '
             f'{self.space.num_branches} legal branches, budget '
@@ -255,13 +260,8 @@ class DyRepHook(Hook):
         if self.policy is not None:
             return
         self.policy = DyRep(_unwrap(runner.model), **self.policy_args)
-        ddp = runner.model
-        if isinstance(ddp, torch.nn.parallel.DistributedDataParallel) and \
-                not ddp.find_unused_parameters:
-            raise RuntimeError(
-                'DyRepHook: inactive branches get no gradient; set '
-                "model_wrapper_cfg=dict(type='MMDistributedDataParallel', "
-                'find_unused_parameters=True)')
+        _require_unused_parameters(runner, 'DyRepHook',
+                                   'inactive branches get no gradient')
         self.policy.start()
         self._record(runner, 0, 'start')
 
