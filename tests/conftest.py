@@ -85,8 +85,17 @@ def run_tool(*args, timeout=900, env=None, check=True):
     return proc
 
 
-def run_dist_train(config, nproc, port, *args, timeout=900):
+def free_port() -> int:
+    """A TCP port nobody listens on now (for torchrun's rendezvous)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def run_dist_train(config, nproc, *args, timeout=900):
     """tools/dist_train.sh (torchrun, gloo on CPU); fail with the output tail."""
+    port = free_port()
     proc = subprocess.run(
         ['bash', 'tools/dist_train.sh',
          str(config), str(nproc), *map(str, args)],

@@ -271,7 +271,7 @@ def test_ddp_ranks_grow_identical_structures(tmp_path, cifar10_mini):
         f"                dict(type='DyRepProbeHook', out='{probe}')]\n"
         "train_cfg = dict(max_epochs=3)\n"
         "param_scheduler = dict(T_max=3)\n")
-    run_dist_train(cfg, 2, 29541, '--work-dir', tmp_path / 'work',
+    run_dist_train(cfg, 2, '--work-dir', tmp_path / 'work',
                    '--cfg-options', *cls_data_options(cifar10_mini))
     ranks = [[json.loads(line) for line in open(f'{probe}.rank{r}.jsonl')]
              for r in (0, 1)]

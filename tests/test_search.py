@@ -329,7 +329,7 @@ def _records(path):
 def test_ddp_ranks_use_identical_masks(tmp_path, cifar10_mini):
     probe = tmp_path / 'masks'
     cfg = _search_cfg(tmp_path, probe)
-    run_dist_train(cfg, 2, 29531, '--work-dir', tmp_path / 'ddp',
+    run_dist_train(cfg, 2, '--work-dir', tmp_path / 'ddp',
                    '--cfg-options', 'train_cfg.max_epochs=2',
                    'train_dataloader.batch_size=4',
                    *cls_data_options(cifar10_mini))

@@ -71,7 +71,7 @@ def test_test_tool_evaluates_a_state_dict_checkpoint(tmp_path, cifar10_mini):
 def test_dist_train_two_cpu_processes(tmp_path, cifar10_mini):
     """tools/dist_train.sh: torchrun, 2 processes, gloo on CPU."""
     work = tmp_path / 'dist'
-    run_dist_train(CLS_CFG, 2, 29517, '--work-dir', work, '--cfg-options',
+    run_dist_train(CLS_CFG, 2, '--work-dir', work, '--cfg-options',
                    'train_dataloader.batch_size=8',
                    *cls_data_options(cifar10_mini))
     scalars = read_scalars(work)
