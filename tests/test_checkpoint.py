@@ -1,7 +1,6 @@
 """Checkpoints under torch 2.14: resume and load work, and never run code."""
 import functools
 import http.server
-import os
 import threading
 
 import pytest

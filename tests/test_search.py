@@ -8,7 +8,6 @@ import torch.nn as nn
 
 import repnas_mm  # noqa: F401  (registers the hook and the constructor)
 from repnas_mm.models import ODBBNet
-from repnas_mm.rep import ODBB
 from repnas_mm.search import SearchSpace, resolve_budget
 from repnas_mm.search.optim import JointOptimizer
 

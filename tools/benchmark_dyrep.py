@@ -22,7 +22,8 @@ import repnas_mm  # noqa: F401
 from repnas_mm.benchmark import markdown_table, time_round_robin
 from repnas_mm.deploy import DeployError
 from repnas_mm.deploy.model import saved_structure
-from repnas_mm.deploy.workflow import build_model_unchecked, load_config
+from repnas_mm.deploy.model import build_model_unchecked
+from repnas_mm.deploy.workflow import load_config
 from repnas_mm.rep import ODBB
 
 

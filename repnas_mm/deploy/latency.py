@@ -38,7 +38,7 @@ def _classifier(backbone: dict, channels: int):
 
 def _with_backbone(cfg, backbone: dict, channels: int):
     """The config's model with another backbone (and matching widths)."""
-    from .workflow import build_model_unchecked
+    from .model import build_model_unchecked
     cfg = copy.deepcopy(cfg)
     cfg.model.backbone = backbone
     if 'neck' in cfg.model and 'in_channels' in cfg.model.neck:

@@ -15,12 +15,17 @@ class DeployError(Exception):
     """A problem with the inputs of a deployment, told in one line."""
 
 
-def build_model(cfg) -> nn.Module:
-    """The config's model in its registry scope (no weights loaded)."""
+def build_model_unchecked(cfg) -> nn.Module:
+    """The config's model in its registry scope (it need not have ODBBs)."""
     from mmengine.registry import MODELS, init_default_scope
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
+    return MODELS.build(cfg.model)
+
+
+def build_model(cfg) -> nn.Module:
+    """The config's model, which must contain ODBBs (no weights loaded)."""
     try:
-        model = MODELS.build(cfg.model)
+        model = build_model_unchecked(cfg)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise DeployError(f'cannot build the model of {cfg.filename}: '
                           f'{exc}') from None

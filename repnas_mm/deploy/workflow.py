@@ -10,7 +10,8 @@ from repnas_mm.atomic import atomic_path
 from repnas_mm.rep import reparameterize_model
 
 from .interop import to_repvgg_config, to_repvgg_state_dict
-from .model import DeployError, load_for_deploy, odbbs
+from .model import (DeployError, build_model_unchecked, load_for_deploy,
+                    odbbs)
 from .onnx import (export_onnx, run_onnxruntime, write_json,
                    write_mmdeploy_files)
 from .verify import collect_batches, model_inputs, raw_outputs, relative_error
@@ -181,13 +182,6 @@ def _write_repvgg(cfg, fused, meta, inputs, work_dir, name, tolerance, log):
         f'loads it strictly, max relative error {error:.2e}')
     return dict(repvgg_checkpoint=ckpt, repvgg_config=path,
                 repvgg_error=error)
-
-
-def build_model_unchecked(cfg):
-    """The config's model (it need not contain ODBBs)."""
-    from mmengine.registry import MODELS, init_default_scope
-    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
-    return MODELS.build(cfg.model)
 
 
 def _write_onnx(cfg, fused, checkpoint, inputs, work_dir, tolerance, log):

@@ -20,7 +20,7 @@ import json
 import os
 import os.path as osp
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Union
 
 from repnas_mm.atomic import atomic_path
 
@@ -120,10 +120,3 @@ def is_arch_file(spec) -> bool:
     return isinstance(spec, (str, os.PathLike)) and os.fspath(spec).endswith(
         '.json')
 
-
-def blocks_of(spec: Union[ArchLike, Sequence]) -> Optional[List[tuple]]:
-    """Per-block branch lists if ``spec`` is an architecture, else None."""
-    if isinstance(spec, Architecture) or isinstance(spec, dict) or \
-            is_arch_file(spec):
-        return load_arch(spec).blocks
-    return None

@@ -22,7 +22,7 @@ Saliency of a block is that of its main kernel ``W``:
 Scores are averaged over ranks, so every rank makes the same decisions.
 """
 import copy
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -31,6 +31,8 @@ import torch.nn as nn
 from repnas_mm.rep import ODBB
 from repnas_mm.rep.convert import MAIN, absorb, bn_scale_ratio, grow
 from repnas_mm.rep.presets import resolve_branches
+
+from .space import find_blocks
 
 METRICS = ('synflow', 'snip', 'grad_norm')
 
@@ -91,8 +93,7 @@ class DyRep:
             raise ValueError(f'metric must be one of {METRICS}, got '
                              f'{metric!r}')
         self.model = model
-        named = [(n, m) for n, m in model.named_modules()
-                 if isinstance(m, ODBB) and m.fused_conv is None]
+        named = list(find_blocks(model).items())
         if not named:
             raise ValueError('the model has no multi-branch ODBB (convert '
                              'it with convert_to_odbb first)')
