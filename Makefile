@@ -1,7 +1,7 @@
 # repnas_mm: the two commands a new user needs are `make demo` and `make test`.
 #
 #   make setup     create .venv/ and install the pinned stack (mmcv ops built once, then cached)
-#   make test      setup if needed, then the test suite
+#   make test      setup if needed, then the test suite (installs Debian's Fashion-MNIST as root)
 #   make demo      setup if needed, then the main job on an embedded real data set
 #
 # Use another environment instead of .venv:   make test VENV=/path/to/env
@@ -32,6 +32,7 @@ $(STAMP): $(SETUP_INPUTS)
 	@touch "$(STAMP)"
 
 test: $(STAMP)
+	bash scripts/ensure_fashion_mnist.sh
 	"$(PY)" -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)

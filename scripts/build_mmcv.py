@@ -7,7 +7,8 @@ build as published (``setup.py`` imports ``pkg_resources``, which
 setuptools >= 81 removed, and passes ``-std=c++14/17``, while the ATen
 headers of torch 2.14 require C++20). This script
 
-1. downloads the sdist from the package registry and checks its sha256,
+1. downloads the sdist with ``pip download`` (the user's pip configuration
+   applies: index, mirror, proxy, certificates) and checks its sha256,
 2. replaces every ``-std=c++14``/``-std=c++17`` in ``setup.py`` by
    ``-std=c++20`` (host compiler and nvcc alike),
 3. builds a wheel with ``--no-build-isolation`` against the installed torch,
@@ -29,7 +30,6 @@ Environment:
 """
 import argparse
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -38,14 +38,12 @@ import sys
 import tarfile
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 MMCV_VERSION = '2.1.0'
 SDIST_NAME = f'mmcv-{MMCV_VERSION}.tar.gz'
 SDIST_SHA256 = \
     'd387bcab66b467479b6660310e23746cfc79c6e57acf04094680adb499a5cd3f'
-INDEX_URL = os.environ.get('PIP_INDEX_URL', 'https://pypi.org/simple')
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILD_REQUIREMENTS = REPO_ROOT / 'requirements' / 'build.txt'
 
@@ -73,36 +71,42 @@ def build_variant():
     return f'torch{torch_version}-{flavour}-{py}', bool(cuda)
 
 
-def find_sdist_url():
-    """Ask the registry's simple index (PEP 691 JSON) for the sdist URL."""
-    url = INDEX_URL.rstrip('/') + '/mmcv/'
-    req = urllib.request.Request(
-        url, headers={'Accept': 'application/vnd.pypi.simple.v1+json'})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        index = json.load(resp)
-    for entry in index['files']:
-        if entry['filename'] == SDIST_NAME:
-            return entry['url']
-    raise RuntimeError(f'{SDIST_NAME} is not listed at {url}')
+def download_sdist(dest: Path, overlay: Path) -> Path:
+    """The mmcv sdist, through ``pip download`` (so the user's pip settings,
+    index, mirror, proxy and certificates, apply), sha256-checked.
 
-
-def download_sdist(dest: Path) -> Path:
+    pip reads an sdist's metadata even with ``--no-deps``, which runs mmcv's
+    ``setup.py`` (it imports ``pkg_resources``): the build-tool overlay
+    supplies a setuptools that has it, as for the build itself.
+    """
     target = dest / SDIST_NAME
     if target.exists() and sha256(target) == SDIST_SHA256:
         log(f'using downloaded {target}')
         return target
-    url = find_sdist_url()
-    log(f'downloading {url}')
-    tmp = target.with_suffix('.part')
-    with urllib.request.urlopen(url, timeout=120) as resp, open(tmp,
-                                                                'wb') as f:
-        shutil.copyfileobj(resp, f)
-    digest = sha256(tmp)
-    if digest != SDIST_SHA256:
-        tmp.unlink()
-        raise RuntimeError(f'sha256 mismatch for {SDIST_NAME}: got {digest}, '
-                           f'expected {SDIST_SHA256}')
-    tmp.replace(target)
+    log(f'pip download --no-binary :all: --no-deps mmcv=={MMCV_VERSION}')
+    with tempfile.TemporaryDirectory(prefix='mmcv-sdist-', dir=dest) as tmp:
+        proc = subprocess.run([
+            sys.executable, '-m', 'pip', 'download', '--quiet',
+            '--disable-pip-version-check', '--no-input', '--no-deps',
+            '--no-build-isolation', '--no-binary', ':all:', '--dest', tmp,
+            f'mmcv=={MMCV_VERSION}'
+        ],
+                              env=overlay_env(overlay),
+                              capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stdout + proc.stderr)
+            raise RuntimeError(f'pip could not download {SDIST_NAME} '
+                               f'(exit {proc.returncode})')
+        got = Path(tmp) / SDIST_NAME
+        if not got.exists():
+            raise RuntimeError(f'pip download did not produce {SDIST_NAME} '
+                               f'(got {sorted(os.listdir(tmp))})')
+        digest = sha256(got)
+        if digest != SDIST_SHA256:
+            raise RuntimeError(f'sha256 mismatch for {SDIST_NAME}: got '
+                               f'{digest}, expected {SDIST_SHA256}')
+        got.replace(target)  # same file system: atomic
     return target
 
 
@@ -149,12 +153,18 @@ def install_build_overlay(overlay: Path):
     (overlay / '.complete').touch()
 
 
-def build_wheel(src: Path, overlay: Path, out: Path, use_cuda: bool,
-                log_path: Path):
+def overlay_env(overlay: Path) -> dict:
+    """The environment with the build-tool overlay first on the paths."""
     env = dict(os.environ)
     env['PYTHONPATH'] = os.pathsep.join(
         [str(overlay)] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
     env['PATH'] = os.pathsep.join([str(overlay / 'bin'), env.get('PATH', '')])
+    return env
+
+
+def build_wheel(src: Path, overlay: Path, out: Path, use_cuda: bool,
+                log_path: Path):
+    env = overlay_env(overlay)
     env['MMCV_WITH_OPS'] = '1'
     env.setdefault('MAX_JOBS', str(os.cpu_count() or 1))
     if use_cuda:
@@ -219,9 +229,9 @@ def main():
 
     root = cache_root()
     (root / 'sdist').mkdir(parents=True, exist_ok=True)
-    sdist = download_sdist(root / 'sdist')
     overlay = root / 'build-tools'
     install_build_overlay(overlay)
+    sdist = download_sdist(root / 'sdist', overlay)
 
     wheel_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix='mmcv-build-', dir=root) as tmp:

@@ -47,10 +47,10 @@ def val_images(root):
 @pytest.mark.slow
 @pytest.mark.parametrize('searched', [False, True], ids=['full', 'searched'])
 def test_classifier_deploy_verifies_and_matches_onnxruntime(
-        tmp_path, cifar10_mini, searched):
+        tmp_path, cifar10_tiny, searched):
     ckpt = trained_checkpoint(A0_CFG, tmp_path / 'a0.pth', searched)
     result = deploy(str(A0_CFG), str(ckpt), str(tmp_path / 'out'),
-                    images=val_images(cifar10_mini), num_images=2, onnx=True)
+                    images=val_images(cifar10_tiny), num_images=2, onnx=True)
     assert result['images'] == 2
     assert result['fused_error'] <= 1e-4 and result['onnx_error'] <= 1e-4
     out = tmp_path / 'out'
@@ -93,12 +93,12 @@ def test_detector_deploy_verifies_and_matches_onnxruntime(tmp_path, coco8):
 
 @pytest.mark.slow
 def test_mmpretrain_repvgg_format_loads_strictly_into_stock_repvgg(
-        tmp_path, cifar10_mini):
+        tmp_path, cifar10_tiny):
     from mmengine.config import Config
     from mmpretrain.registry import MODELS
     ckpt = trained_checkpoint(A0_CFG, tmp_path / 'a0.pth', searched=True)
     result = deploy(str(A0_CFG), str(ckpt), str(tmp_path / 'out'),
-                    images=val_images(cifar10_mini), num_images=2,
+                    images=val_images(cifar10_tiny), num_images=2,
                     fmt='mmpretrain-repvgg')
     assert result['repvgg_error'] <= 1e-5
     cfg = Config.fromfile(result['repvgg_config'])
@@ -120,10 +120,10 @@ def test_mmpretrain_repvgg_format_loads_strictly_into_stock_repvgg(
 
 @pytest.mark.slow
 def test_deploy_twice_is_harmless_and_tools_test_runs_it(
-        tmp_path, cifar10_mini):
+        tmp_path, cifar10_tiny):
     ckpt = trained_checkpoint(A0_CFG, tmp_path / 'a0.pth', searched=True)
     args = ('tools/deploy.py', A0_CFG, ckpt, '--work-dir', tmp_path / 'out',
-            '--images', *val_images(cifar10_mini), '--num-images', '2')
+            '--images', *val_images(cifar10_tiny), '--num-images', '2')
     run_tool(*args)
     first = torch.load(tmp_path / 'out' / 'odbb_a0_imagenet_fused.pth',
                        weights_only=True)['state_dict']
@@ -137,7 +137,7 @@ def test_deploy_twice_is_harmless_and_tools_test_runs_it(
                     tmp_path / 'out' / 'odbb_a0_imagenet_deploy.py',
                     tmp_path / 'out' / 'odbb_a0_imagenet_fused.pth',
                     '--work-dir', tmp_path / 'again', '--images',
-                    *val_images(cifar10_mini), '--num-images', '2')
+                    *val_images(cifar10_tiny), '--num-images', '2')
     assert 'already fused' in proc.stdout
     assert 'max relative error 0.00e+00' in proc.stdout
     # The stock evaluation tool runs the deploy config on real images.
@@ -145,7 +145,7 @@ def test_deploy_twice_is_harmless_and_tools_test_runs_it(
     on_cifar.write_text(
         f"_base_ = '{tmp_path / 'out' / 'odbb_a0_imagenet_deploy.py'}'\n"
         "test_dataloader = dict(dataset=dict(_delete_=True, "
-        f"type='CustomDataset', data_root='{cifar10_mini}', "
+        f"type='CustomDataset', data_root='{cifar10_tiny}', "
         "data_prefix='val', indices=8, "
         "pipeline={{_base_.test_pipeline}}))\n"
         "test_evaluator = dict(topk=(1, ))\n")
@@ -163,11 +163,19 @@ def _one_line_error(proc, text):
 
 
 @pytest.mark.slow
-def test_bad_inputs_get_one_line_errors(tmp_path, cifar10_mini):
-    images = ['--images', *val_images(cifar10_mini), '--num-images', '1']
+def test_bad_inputs_get_one_line_errors(tmp_path, cifar10_tiny):
+    images = ['--images', *val_images(cifar10_tiny), '--num-images', '1']
     proc = run_tool('tools/deploy.py', A0_CFG, tmp_path / 'missing.pth',
                     '--work-dir', tmp_path / 'o', *images, check=False)
     _one_line_error(proc, 'checkpoint not found')
+    # A truncated checkpoint (a copy that stopped half-way).
+    whole = trained_checkpoint(A0_CFG, tmp_path / 'whole.pth').read_bytes()
+    cut = tmp_path / 'cut.pth'
+    cut.write_bytes(whole[:len(whole) // 2])
+    proc = run_tool('tools/deploy.py', A0_CFG, cut, '--work-dir',
+                    tmp_path / 'o', *images, check=False)
+    _one_line_error(proc, f'cannot read checkpoint {cut}')
+    assert not (tmp_path / 'o').exists()
     # A checkpoint of another arch.
     a1 = tmp_path / 'a1.py'
     a1.write_text(f"_base_ = '{A0_CFG}'\n"
@@ -177,7 +185,7 @@ def test_bad_inputs_get_one_line_errors(tmp_path, cifar10_mini):
                     tmp_path / 'o', *images, check=False)
     _one_line_error(proc, 'does not match the model of')
     # A config without ODBBs.
-    plain = REPO / 'tests' / 'configs' / 'resnet18_cifar10_mini.py'
+    plain = REPO / 'tests' / 'configs' / 'resnet18_cifar10_tiny.py'
     proc = run_tool('tools/deploy.py', plain, ckpt, '--work-dir',
                     tmp_path / 'o', *images, check=False)
     _one_line_error(proc, 'has no ODBB')
@@ -198,7 +206,7 @@ def test_bad_inputs_get_one_line_errors(tmp_path, cifar10_mini):
     det_ckpt = trained_checkpoint(dcn, tmp_path / 'dcn.pth')
     proc = run_tool('tools/deploy.py', dcn, det_ckpt, '--work-dir',
                     tmp_path / 'dcn_out', '--images',
-                    str(REPO.parent / 'shared' / 'data' / 'coco8' / 'val'),
+                    str(REPO / 'tests' / 'data' / 'coco8' / 'val'),
                     '--num-images', '1', '--onnx', check=False)
     _one_line_error(proc, 'DCNv2')
     assert not (tmp_path / 'dcn_out' / 'end2end.onnx').exists()
@@ -206,9 +214,9 @@ def test_bad_inputs_get_one_line_errors(tmp_path, cifar10_mini):
 
 
 @pytest.mark.slow
-def test_failed_checks_leave_nothing_behind(tmp_path, cifar10_mini):
+def test_failed_checks_leave_nothing_behind(tmp_path, cifar10_tiny):
     ckpt = trained_checkpoint(A0_CFG, tmp_path / 'a0.pth')
-    images = val_images(cifar10_mini)
+    images = val_images(cifar10_tiny)
     from repnas_mm.deploy import DeployError
     # Verification fails (an impossible tolerance): nothing is written.
     with pytest.raises(DeployError, match='nothing was written'):

@@ -83,6 +83,35 @@ def test_growth_and_absorption_leave_the_block_unchanged(names):
         assert_close_rel(block(x), changed)
 
 
+def test_growth_and_absorption_where_the_main_bn_weight_is_zero():
+    """Zero-initialised residual BNs (timm, torchvision, mmdet): exact too."""
+    torch.manual_seed(0)
+    block = randomize_bn(ODBB(6, 6, 3, branches='full', weight_sharing=False))
+    block.active = ['kxk']
+    block.eval()
+    off = torch.tensor([True, False, True, False, False, True])
+    with torch.no_grad():
+        block.branches['kxk'].bn.weight[off] = 0.0
+    x = torch.randn(2, 6, 9, 9)
+    with torch.no_grad():
+        before = block(x)
+        grow(block, ['1x1', '1x1_kxk'], bn_scale=0.1)
+        # The new branches join at zero where the main branch is off.
+        for name in ('1x1', '1x1_kxk'):
+            weight = block.branches[name].bn.weight
+            assert weight[off].eq(0).all() and weight[~off].eq(0.1).all()
+        assert_close_rel(block(x), before)
+        # As after training: the new branches live on every channel, and
+        # the main one is still off on some; absorbing switches it on.
+        for name in ('1x1', '1x1_kxk'):
+            randomize_bn(block.branches[name], seed=5)
+        changed = block(x)
+        absorb(block, ['1x1', '1x1_kxk'])
+        assert block.branches['kxk'].bn.weight[off].eq(1).all()
+        assert_close_rel(block(x), changed)
+        assert torch.isfinite(block.branches['kxk'].weight).all()
+
+
 def test_growth_needs_own_kernels():
     block = ODBB(4, 4, branches='full', weight_sharing=True)
     block.active = ['kxk']
@@ -201,22 +230,22 @@ def test_hook_drops_optimizer_state_of_removed_parameters():
 
 @pytest.mark.slow
 def test_short_run_grows_prunes_resumes_and_ends_fused(tmp_path,
-                                                       cifar10_mini):
+                                                       cifar10_tiny):
     """tools/train.py: grow at epoch 1, stop, resume, prune and grow at
     epoch 3, end fused."""
     cfg = tmp_path / 'dyrep.py'
     cfg.write_text(
         f"_base_ = '{DYREP_CFG}'\n"
         "train_dataloader = dict(batch_size=8, num_workers=0, dataset=dict(\n"
-        "    indices=list(range(0, 3000, 188))))\n"
+        "    indices=list(range(0, 160, 10))))\n"
         "val_dataloader = dict(num_workers=0, dataset=dict(\n"
-        "    indices=list(range(0, 600, 60))))\n"
+        "    indices=list(range(0, 60, 6))))\n"
         "custom_hooks = [dict(type='DyRepHook', interval=1, num_grow=2,\n"
         "                     deparam_ratio=0.5, input_size=32)]\n"
         "train_cfg = dict(max_epochs=4)\n"
         "param_scheduler = dict(T_max=4)\n")
     work = tmp_path / 'work'
-    options = ['--cfg-options', *cls_data_options(cifar10_mini)]
+    options = ['--cfg-options', *cls_data_options(cifar10_tiny)]
     run_tool('tools/train.py', cfg, '--work-dir', work, *options,
              'train_cfg.max_epochs=2')
     proc = run_tool('tools/train.py', cfg, '--work-dir', work, '--resume',
@@ -241,7 +270,7 @@ def test_short_run_grows_prunes_resumes_and_ends_fused(tmp_path,
     from mmpretrain.models import ResNet_CIFAR
     from repnas_mm.deploy import deploy
     result = deploy(str(cfg), str(work / 'epoch_4.pth'), str(tmp_path / 'd'),
-                    images=[str(cifar10_mini / 'val' / 'dog')], num_images=2)
+                    images=[str(cifar10_tiny / 'val' / 'dog')], num_images=2)
     assert result['fused_error'] <= 1e-4
     deployed = Config.fromfile(result['config'])
     assert deployed.model.backbone.type == 'ResNet_CIFAR'
@@ -253,7 +282,7 @@ def test_short_run_grows_prunes_resumes_and_ends_fused(tmp_path,
 
 
 @pytest.mark.slow
-def test_ddp_ranks_grow_identical_structures(tmp_path, cifar10_mini):
+def test_ddp_ranks_grow_identical_structures(tmp_path, cifar10_tiny):
     """2 CPU processes, snip saliency (local gradients, all-reduced)."""
     from .conftest import run_dist_train
     probe = tmp_path / 'structure'
@@ -262,9 +291,9 @@ def test_ddp_ranks_grow_identical_structures(tmp_path, cifar10_mini):
         f"_base_ = '{DYREP_CFG}'\n"
         "custom_imports = dict(imports=['repnas_mm', 'tests.probes'])\n"
         "train_dataloader = dict(batch_size=4, num_workers=0, dataset=dict(\n"
-        "    indices=list(range(0, 3000, 188))))\n"
+        "    indices=list(range(0, 160, 10))))\n"
         "val_dataloader = dict(num_workers=0, dataset=dict(\n"
-        "    indices=list(range(0, 600, 60))))\n"
+        "    indices=list(range(0, 60, 6))))\n"
         "custom_hooks = [dict(type='DyRepHook', interval=1, num_grow=2,\n"
         "                     metric='snip', deparam_ratio=0.5,\n"
         "                     input_size=32),\n"
@@ -272,7 +301,7 @@ def test_ddp_ranks_grow_identical_structures(tmp_path, cifar10_mini):
         "train_cfg = dict(max_epochs=3)\n"
         "param_scheduler = dict(T_max=3)\n")
     run_dist_train(cfg, 2, '--work-dir', tmp_path / 'work',
-                   '--cfg-options', *cls_data_options(cifar10_mini))
+                   '--cfg-options', *cls_data_options(cifar10_tiny))
     ranks = [[json.loads(line) for line in open(f'{probe}.rank{r}.jsonl')]
              for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 3

@@ -109,6 +109,45 @@ def test_build_mmcv_patches_every_std_flag(tmp_path):
         build.patch_setup_py(tmp_path)
 
 
+def _fake_sdist(folder):
+    """A tiny ``mmcv-2.1.0.tar.gz`` that pip can read the metadata of."""
+    import tarfile
+    src = folder / 'src' / 'mmcv-2.1.0'
+    src.mkdir(parents=True)
+    (src / 'setup.py').write_text(
+        "from setuptools import setup\nsetup(name='mmcv', version='2.1.0')\n")
+    (src / 'PKG-INFO').write_text(
+        'Metadata-Version: 2.1\nName: mmcv\nVersion: 2.1.0\n')
+    links = folder / 'links'
+    links.mkdir()
+    with tarfile.open(links / 'mmcv-2.1.0.tar.gz', 'w:gz') as tar:
+        tar.add(src, arcname='mmcv-2.1.0')
+    return links / 'mmcv-2.1.0.tar.gz'
+
+
+def test_build_mmcv_downloads_through_pip_and_checks_the_hash(
+        tmp_path, monkeypatch):
+    """The sdist comes from ``pip download``, so the user's pip settings
+    (here: PIP_NO_INDEX + PIP_FIND_LINKS, a local mirror) decide where from;
+    a file with another sha256 is refused and not kept."""
+    build = _load_build_mmcv()
+    fake = _fake_sdist(tmp_path)
+    monkeypatch.setenv('PIP_NO_INDEX', '1')
+    monkeypatch.setenv('PIP_FIND_LINKS', str(fake.parent))
+    dest = tmp_path / 'sdist'
+    dest.mkdir()
+    overlay = tmp_path / 'overlay'  # the venv's own setuptools suffices here
+    overlay.mkdir()
+    with pytest.raises(RuntimeError, match='sha256 mismatch'):
+        build.download_sdist(dest, overlay)
+    assert list(dest.iterdir()) == []
+    monkeypatch.setattr(build, 'SDIST_SHA256', build.sha256(fake))
+    got = build.download_sdist(dest, overlay)
+    assert got == dest / 'mmcv-2.1.0.tar.gz'
+    assert got.read_bytes() == fake.read_bytes()
+    assert list(dest.iterdir()) == [got]
+
+
 def test_build_mmcv_cache_key_names_torch_and_flavour():
     build = _load_build_mmcv()
     variant, use_cuda = build.build_variant()

@@ -8,13 +8,14 @@ import torch.nn as nn
 
 import repnas_mm  # noqa: F401  (registers the hook and the constructor)
 from repnas_mm.models import ODBBNet
+from repnas_mm.rep.presets import BudgetError
 from repnas_mm.search import SearchSpace, resolve_budget
 from repnas_mm.search.optim import JointOptimizer
 
 from .conftest import REPO, run_dist_train, run_tool
 from .conftest import cls_data_options
 
-SEARCH_CFG = REPO / 'tests' / 'configs' / 'odbb_cls_cifar10_mini.py'
+SEARCH_CFG = REPO / 'tests' / 'configs' / 'odbb_cls_cifar10_tiny.py'
 
 
 def tiny_net(branches='full'):
@@ -44,7 +45,7 @@ def test_budget_counts_and_ratios():
     for bad in (6, 45, 0.1):
         with pytest.raises(ValueError, match=r'\[7, 44\]'):
             resolve_budget(bad, 44, 7)
-    with pytest.raises(TypeError):
+    with pytest.raises(BudgetError, match='an int'):
         resolve_budget('66', 44, 7)
 
 
@@ -275,12 +276,12 @@ def test_hook_is_registered_everywhere():
 
 
 @pytest.mark.slow
-def test_real_short_search_writes_arch_and_figure(tmp_path, cifar10_mini):
+def test_real_short_search_writes_arch_and_figure(tmp_path, cifar10_tiny):
     work = tmp_path / 'search'
     proc = run_tool('tools/train.py', SEARCH_CFG, '--work-dir', work,
                     '--cfg-options', 'train_cfg.max_epochs=2',
                     'custom_hooks.0.fix_epoch=1',
-                    *cls_data_options(cifar10_mini))
+                    *cls_data_options(cifar10_tiny))
     log = proc.stdout + proc.stderr
     assert 'RepNAS: 7 blocks, 44 legal branches, budget 22' in log
     assert 'architecture fixed at epoch 1' in log
@@ -314,7 +315,7 @@ def _search_cfg(tmp_path, probe):
         "custom_hooks = [dict(type='RepNASHook', budget=0.5, seed=0),\n"
         f"                dict(type='MaskProbeHook', out='{probe}')]\n"
         "train_dataloader = dict(\n"
-        "    batch_size=8, dataset=dict(indices=list(range(0, 3000, 94))))\n"
+        "    batch_size=8, dataset=dict(indices=list(range(0, 160, 5))))\n"
         "optim_wrapper = dict(alpha_optimizer=dict(lr=0.05))\n")
     return cfg
 
@@ -325,13 +326,13 @@ def _records(path):
 
 
 @pytest.mark.slow
-def test_ddp_ranks_use_identical_masks(tmp_path, cifar10_mini):
+def test_ddp_ranks_use_identical_masks(tmp_path, cifar10_tiny):
     probe = tmp_path / 'masks'
     cfg = _search_cfg(tmp_path, probe)
     run_dist_train(cfg, 2, '--work-dir', tmp_path / 'ddp',
                    '--cfg-options', 'train_cfg.max_epochs=2',
                    'train_dataloader.batch_size=4',
-                   *cls_data_options(cifar10_mini))
+                   *cls_data_options(cifar10_tiny))
     rank0, rank1 = (_records(f'{probe}.rank{r}.jsonl') for r in (0, 1))
     assert len(rank0) == len(rank1) == 8  # 32 images / (2 ranks x 4), 2 epochs
     assert len({tuple(r['mask']) for r in rank0}) > 1  # masks do change
@@ -344,10 +345,10 @@ def test_ddp_ranks_use_identical_masks(tmp_path, cifar10_mini):
 
 
 @pytest.mark.slow
-def test_stop_and_resume_reproduces_masks_and_alpha(tmp_path, cifar10_mini):
+def test_stop_and_resume_reproduces_masks_and_alpha(tmp_path, cifar10_tiny):
     env = {'PYTHONPATH': str(REPO)}
     options = ['--cfg-options', 'train_cfg.max_epochs=2',
-               *cls_data_options(cifar10_mini)]
+               *cls_data_options(cifar10_tiny)]
     straight = tmp_path / 'straight'
     cfg = _search_cfg(tmp_path, straight)
     run_tool('tools/train.py', cfg, '--work-dir', tmp_path / 'a', *options,
@@ -358,7 +359,7 @@ def test_stop_and_resume_reproduces_masks_and_alpha(tmp_path, cifar10_mini):
     cfg_b.write_text(cfg.read_text().replace(str(straight), str(stopped)))
     run_tool('tools/train.py', cfg_b, '--work-dir', tmp_path / 'b',
              '--cfg-options', 'train_cfg.max_epochs=1',
-             *cls_data_options(cifar10_mini), env=env)
+             *cls_data_options(cifar10_tiny), env=env)
     run_tool('tools/train.py', cfg_b, '--work-dir', tmp_path / 'b',
              '--resume', *options, env=env)
     a = _records(f'{straight}.rank0.jsonl')

@@ -11,15 +11,15 @@ import torch
 from .conftest import (REPO, cls_data_options, det_data_options, read_scalars,
                        run_dist_train, run_tool)
 
-CLS_CFG = REPO / 'tests' / 'configs' / 'resnet18_cifar10_mini.py'
+CLS_CFG = REPO / 'tests' / 'configs' / 'resnet18_cifar10_tiny.py'
 DET_CFG = REPO / 'tests' / 'configs' / 'centernet_r18_coco8.py'
 
 
 @pytest.mark.slow
-def test_train_image_classifier_one_iteration(tmp_path, cifar10_mini):
+def test_train_image_classifier_one_iteration(tmp_path, cifar10_tiny):
     work = tmp_path / 'cls'
     run_tool('tools/train.py', CLS_CFG, '--work-dir', work, '--cfg-options',
-             *cls_data_options(cifar10_mini))
+             *cls_data_options(cifar10_tiny))
     scalars = read_scalars(work)
     losses = [s['loss'] for s in scalars if 'loss' in s]
     assert len(losses) == 1  # 16 images, batch 16: one iteration
@@ -49,7 +49,7 @@ def test_train_centernet_one_iteration(tmp_path, coco8):
 
 
 @pytest.mark.slow
-def test_test_tool_evaluates_a_state_dict_checkpoint(tmp_path, cifar10_mini):
+def test_test_tool_evaluates_a_state_dict_checkpoint(tmp_path, cifar10_tiny):
     """tools/test.py loads a plain state-dict checkpoint (the stock format)."""
     from mmengine.config import Config
     from mmpretrain.registry import MODELS
@@ -62,18 +62,18 @@ def test_test_tool_evaluates_a_state_dict_checkpoint(tmp_path, cifar10_mini):
                ckpt)
     proc = run_tool('tools/test.py', CLS_CFG, ckpt, '--work-dir',
                     tmp_path / 'test', '--out', tmp_path / 'preds.pkl',
-                    '--cfg-options', *cls_data_options(cifar10_mini))
+                    '--cfg-options', *cls_data_options(cifar10_tiny))
     assert 'accuracy/top1' in proc.stdout + proc.stderr
     assert (tmp_path / 'preds.pkl').is_file()
 
 
 @pytest.mark.slow
-def test_dist_train_two_cpu_processes(tmp_path, cifar10_mini):
+def test_dist_train_two_cpu_processes(tmp_path, cifar10_tiny):
     """tools/dist_train.sh: torchrun, 2 processes, gloo on CPU."""
     work = tmp_path / 'dist'
     run_dist_train(CLS_CFG, 2, '--work-dir', work, '--cfg-options',
                    'train_dataloader.batch_size=8',
-                   *cls_data_options(cifar10_mini))
+                   *cls_data_options(cifar10_tiny))
     scalars = read_scalars(work)
     losses = [s['loss'] for s in scalars if 'loss' in s]
     # 16 images over 2 ranks of batch 8: one iteration per rank.
@@ -87,3 +87,18 @@ def test_train_tool_rejects_a_missing_config(tmp_path):
     proc = run_tool('tools/train.py', tmp_path / 'nope.py', check=False)
     assert proc.returncode != 0
     assert 'config file not found' in proc.stderr
+
+
+@pytest.mark.slow
+def test_train_tool_reports_a_bad_budget_in_one_line(tmp_path, cifar10_tiny):
+    """The demo ODBBNet has 7 blocks and 44 legal branches."""
+    cfg = REPO / 'tests' / 'configs' / 'odbb_cls_cifar10_tiny.py'
+    for budget, text in (('99', 'budget 99 gives 99 branches'),
+                         ('0.05', 'budget 0.05 gives 2 branches')):
+        proc = run_tool('tools/train.py', cfg, '--work-dir', tmp_path,
+                        '--cfg-options', f'custom_hooks.0.budget={budget}',
+                        *cls_data_options(cifar10_tiny), check=False)
+        assert proc.returncode == 1
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith('error: ') and text in last, last
+        assert '[7, 44]' in last and 'Traceback' not in proc.stderr

@@ -1,8 +1,8 @@
 # Smoke config: the stock mmdet CenterNet (ResNet-18, DCNv2 neck) recipe on the real COCO
-# photos of ../shared/data/coco8, one iteration of 4 images. Tests override data_root.
+# photos of tests/data/coco8, one iteration of 4 images. Tests override data_root.
 _base_ = 'mmdet::centernet/centernet_r18-dcnv2_8xb16-crop512-140e_coco.py'
 
-data_root = '{{ fileDirname }}/../../../shared/data/coco8/'
+data_root = '{{ fileDirname }}/../data/coco8/'
 # No ImageNet download: random initialisation.
 model = dict(backbone=dict(init_cfg=None))
 train_dataloader = dict(
