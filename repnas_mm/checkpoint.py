@@ -37,13 +37,19 @@ from mmengine.registry import HOOKS
 from mmengine.runner import checkpoint as mm_checkpoint
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from repnas_mm.errors import UserError
+
 ENV_VAR = 'REPNAS_ALLOW_UNSAFE_CHECKPOINTS'
 CONFIG_KEY = 'allow_unsafe_checkpoints'
 _TAG = '__repnas_mm__'
 _allow_unsafe_from_config = False
 
 
-class UnsafeCheckpointError(RuntimeError):
+class CheckpointError(UserError):
+    """A checkpoint file that cannot be read (truncated, corrupt, foreign)."""
+
+
+class UnsafeCheckpointError(CheckpointError):
     """A checkpoint that can only be loaded by running pickled code."""
 
 
@@ -126,13 +132,16 @@ def load_checkpoint_safely(source, map_location=None, name=None):
     """Load a checkpoint file (path or file object) without running code.
 
     Raises :class:`UnsafeCheckpointError` (one line: the file, what it
-    needs, the opt-in) unless unsafe loading was opted into.
+    needs, the opt-in) unless unsafe loading was opted into, and
+    :class:`CheckpointError` for a file torch cannot read at all.
     """
     name = name or (source if isinstance(source, (str, os.PathLike)) else
                     'checkpoint')
     try:
         checkpoint = torch.load(
             source, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
     except pickle.UnpicklingError:
         needs = _unsafe_globals(source)
         needs_text = ', '.join(needs[:4]) + (', ...' if len(needs) > 4 else
@@ -154,6 +163,13 @@ def load_checkpoint_safely(source, map_location=None, name=None):
             source.seek(0)
         checkpoint = torch.load(
             source, map_location=map_location, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - the reader fails many ways
+        # A truncated zip raises RuntimeError or OSError, a foreign file
+        # KeyError or EOFError: to the user they are all the same problem.
+        reason = str(exc).split('\n')[0][:120] or type(exc).__name__
+        raise CheckpointError(
+            f'cannot read checkpoint {name}: not a complete torch checkpoint '
+            f'(truncated or corrupt?): {reason}') from None
     return decode_plain(checkpoint)
 
 

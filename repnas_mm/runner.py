@@ -17,8 +17,8 @@ import torch.distributed as torch_dist
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from repnas_mm.checkpoint import (CONFIG_KEY, UnsafeCheckpointError,
-                                  allow_unsafe_checkpoints)
+from repnas_mm.checkpoint import CONFIG_KEY, allow_unsafe_checkpoints
+from repnas_mm.errors import USER_ERRORS
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
@@ -125,8 +125,12 @@ def build_runner(cfg):
 
 
 def run_tool(main):
-    """Call a tool's ``main``; a refused checkpoint ends it with one line."""
+    """Call a tool's ``main``; a user's error ends it with one line, exit 1.
+
+    An int that ``main`` returns is the exit status; anything else is 0.
+    """
     try:
-        return main()
-    except UnsafeCheckpointError as exc:
-        raise SystemExit(f'error: {exc}')
+        status = main()
+    except USER_ERRORS as exc:
+        raise SystemExit(f'error: {exc}') from None
+    raise SystemExit(status if isinstance(status, int) else 0)

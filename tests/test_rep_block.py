@@ -65,7 +65,7 @@ def test_every_subset_fuses_exactly(stride, groups, K, weight_sharing):
 
 def test_fused_kernel_shape_is_the_plain_conv():
     block = ODBB(8, 16, 3, 2, 4, 'full')
-    kernel, bias = block.fuse()
+    kernel, bias = block.kernel_bias()
     assert kernel.shape == (16, 2, 3, 3) and bias.shape == (16, )
     block.switch_to_deploy()
     plain = nn.Conv2d(8, 16, 3, 2, 1, groups=4, bias=True)
@@ -135,7 +135,7 @@ def test_gates_scale_branches_in_forward_and_fuse():
     assert_close_rel(y.detach(), sum(g * o for g, o in zip(gates.detach(),
                                                            outs)))
     # fuse() is differentiable in the gates and the shared kernel.
-    kernel, bias = block.fuse()
+    kernel, bias = block.kernel_bias()
     (kernel.sum() + bias.sum()).backward()
     assert gates.grad is not None and gates.grad.abs().sum() > 0
     assert block.weight.grad is not None

@@ -12,7 +12,6 @@ backward, SGD step. CUDA when present, else the CPU.
 """
 import argparse
 import statistics
-import sys
 
 import torch
 import torch.nn as nn
@@ -24,6 +23,7 @@ from repnas_mm.deploy import DeployError
 from repnas_mm.deploy.model import saved_structure
 from repnas_mm.deploy.model import build_model_unchecked
 from repnas_mm.deploy.workflow import load_config
+from repnas_mm.runner import run_tool
 from repnas_mm.rep import ODBB
 
 
@@ -81,12 +81,8 @@ def models_to_time(cfg, checkpoint):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.cfg_options)
-        models, branches = models_to_time(cfg, args.checkpoint)
-    except DeployError as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 1
+    cfg = load_config(args.config, args.cfg_options)
+    models, branches = models_to_time(cfg, args.checkpoint)
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     x = torch.randn(args.batch_size, 3, args.input_size, args.input_size,
                     device=device)
@@ -123,4 +119,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_tool(main)

@@ -9,13 +9,12 @@ RepVGG deploy vs ResNet-18/50, side by side (CUDA when present, else CPU).
 Writes OUT/latency.md (Markdown table), latency.json and latency.png (bar chart).
 """
 import argparse
-import sys
 
 from mmengine.config import DictAction
 
 import repnas_mm  # noqa: F401
-from repnas_mm.deploy import DeployError
 from repnas_mm.deploy.latency import run_latency_benchmark
+from repnas_mm.runner import run_tool
 
 
 def main(argv=None):
@@ -33,16 +32,12 @@ def main(argv=None):
     parser.add_argument('--no-onnx', action='store_true')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = parser.parse_args(argv)
-    try:
-        run_latency_benchmark(args.target, args.checkpoint, args.out_dir,
-                              args.batch_size, args.input_size, args.repeats,
-                              args.iters, args.device, not args.no_onnx,
-                              cfg_options=args.cfg_options)
-    except DeployError as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 1
+    run_latency_benchmark(args.target, args.checkpoint, args.out_dir,
+                          args.batch_size, args.input_size, args.repeats,
+                          args.iters, args.device, not args.no_onnx,
+                          cfg_options=args.cfg_options)
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_tool(main)

@@ -10,14 +10,15 @@ made yourself or otherwise trust. The output is written atomically.
 """
 import argparse
 import os.path as osp
-import sys
 
 import torch
 
 import repnas_mm  # noqa: F401
 from repnas_mm.atomic import atomic_path
-from repnas_mm.checkpoint import (UnsafeCheckpointError, allow_unsafe_checkpoints,
-                                  encode_plain, load_checkpoint_safely)
+from repnas_mm.checkpoint import (CheckpointError, UnsafeCheckpointError,
+                                  allow_unsafe_checkpoints, encode_plain,
+                                  load_checkpoint_safely)
+from repnas_mm.runner import run_tool
 
 
 def main(argv=None):
@@ -30,12 +31,12 @@ def main(argv=None):
         help='I trust SRC: allow unpickling it (runs code it carries)')
     args = parser.parse_args(argv)
     if not osp.isfile(args.src):
-        raise SystemExit(f'error: checkpoint not found: {args.src}')
+        raise CheckpointError(f'checkpoint not found: {args.src}')
     allow_unsafe_checkpoints(args.trust)
     try:
         checkpoint = load_checkpoint_safely(args.src, map_location='cpu')
     except UnsafeCheckpointError as exc:
-        raise SystemExit(f'error: {exc} (here: pass --trust)')
+        raise UnsafeCheckpointError(f'{exc} (here: pass --trust)') from None
     with atomic_path(args.dst) as tmp:
         torch.save(encode_plain(checkpoint), tmp)
         torch.load(tmp, weights_only=True)  # what we promise
@@ -44,4 +45,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_tool(main)

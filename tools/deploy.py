@@ -18,12 +18,12 @@ written atomically. --benchmark then runs
 tools/benchmark_latency.py on the config.
 """
 import argparse
-import sys
 
 from mmengine.config import DictAction
 
 import repnas_mm  # noqa: F401
-from repnas_mm.deploy import DeployError, deploy
+from repnas_mm.deploy import deploy
+from repnas_mm.runner import run_tool
 
 
 def parse_args(argv=None):
@@ -58,27 +58,23 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        result = deploy(
+    result = deploy(
+        args.config,
+        args.checkpoint,
+        args.work_dir,
+        images=args.images,
+        num_images=args.num_images,
+        tolerance=args.tolerance,
+        onnx=args.onnx,
+        fmt=args.format,
+        cfg_options=args.cfg_options)
+    if args.benchmark:
+        from repnas_mm.deploy.latency import run_latency_benchmark
+        run_latency_benchmark(
             args.config,
-            args.checkpoint,
-            args.work_dir,
-            images=args.images,
-            num_images=args.num_images,
-            tolerance=args.tolerance,
-            onnx=args.onnx,
-            fmt=args.format,
+            checkpoint=args.checkpoint,
+            out_dir=args.work_dir,
             cfg_options=args.cfg_options)
-        if args.benchmark:
-            from repnas_mm.deploy.latency import run_latency_benchmark
-            run_latency_benchmark(
-                args.config,
-                checkpoint=args.checkpoint,
-                out_dir=args.work_dir,
-                cfg_options=args.cfg_options)
-    except DeployError as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 1
     print('[deploy] done: ' + ', '.join(
         f'{k}={v:.2e}' if isinstance(v, float) else f'{k}={v}'
         for k, v in result.items()))
@@ -86,4 +82,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_tool(main)

@@ -1,17 +1,19 @@
 """Build a model for deployment: structure first, then weights, then fuse.
 
 Every problem a user can cause (a missing or foreign checkpoint, a config
-without ODBBs) is a :class:`DeployError` with one line that says what to do.
+without ODBBs) is a :class:`DeployError` (or, for a file torch cannot read,
+a ``CheckpointError``) with one line that says what to do.
 """
 import os.path as osp
 from typing import List
 
 import torch.nn as nn
 
+from repnas_mm.errors import UserError
 from repnas_mm.rep import ODBB, reparameterize_model
 
 
-class DeployError(Exception):
+class DeployError(UserError):
     """A problem with the inputs of a deployment, told in one line."""
 
 
@@ -78,16 +80,12 @@ def load_for_deploy(cfg, checkpoint: str):
     no-op). Mismatching checkpoints raise :class:`DeployError`.
     """
     from mmengine.runner.checkpoint import CheckpointLoader
-
-    from repnas_mm.checkpoint import UnsafeCheckpointError
     if not osp.isfile(checkpoint):
         raise DeployError(f'checkpoint not found: {checkpoint}')
     model = build_model(cfg)
-    try:
-        loaded = CheckpointLoader.load_checkpoint(
-            checkpoint, map_location='cpu', logger='current')
-    except UnsafeCheckpointError as exc:
-        raise DeployError(str(exc)) from None
+    # An unreadable or unsafe file raises CheckpointError (a UserError).
+    loaded = CheckpointLoader.load_checkpoint(
+        checkpoint, map_location='cpu', logger='current')
     state = loaded.get('state_dict', loaded)
     info = dict(already_fused=any(
         k.endswith('fused_conv.weight') for k in state))

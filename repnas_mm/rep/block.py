@@ -24,7 +24,7 @@ class ODBB(nn.Module):
 
     Replaces ``Conv2d(in, out, K, stride, K // 2, groups=groups, bias=False)
     + BN``; no activation. In training it is the sum of its active branches,
-    each followed by its own BN; :meth:`fuse` gives the one equivalent KxK
+    each followed by its own BN; :meth:`kernel_bias` gives the one equivalent KxK
     conv, and :meth:`switch_to_deploy` turns the block into it.
 
     Args:
@@ -142,10 +142,13 @@ class ODBB(nn.Module):
         return out
 
     # -- fusion -----------------------------------------------------------
-    def fuse(self) -> KernelBias:
+    def kernel_bias(self) -> KernelBias:
         """The KxK ``(kernel, bias)`` equal to the active branches in eval.
 
-        Differentiable with respect to the branch parameters and gates.
+        Differentiable with respect to the branch parameters and gates. The
+        branches' verb, on purpose: nothing here is called ``fuse``, which
+        timm's ``reparameterize_model`` expects to return a module; its
+        walker reaches ODBBs through :meth:`switch_to_deploy`.
         """
         if self.fused_conv is not None:
             return self.fused_conv.weight, self.fused_conv.bias
@@ -164,7 +167,7 @@ class ODBB(nn.Module):
         if self.fused_conv is not None:
             return
         with torch.no_grad():
-            kernel, bias = self.fuse()
+            kernel, bias = self.kernel_bias()
         conv = self._make_fused_conv().to(kernel.device, kernel.dtype)
         conv.weight.data.copy_(kernel)
         conv.bias.data.copy_(bias)

@@ -3,9 +3,11 @@
 - :func:`convert_to_odbb` replaces every KxK ``Conv2d`` + ``BatchNorm`` pair
   of a model by an ODBB whose ``kxk`` branch *is* that conv and BN (the other
   branches exist but are inactive), so the model computes exactly what it
-  did. The BN's place holds an ``nn.Identity``. :func:`restore_conv_bn` (run
-  by ``reparameterize_model`` after fusing) puts a plain ``Conv2d`` + BN pair
-  back, so the fused model has the stock module layout and state dict.
+  did. The BN's place holds an ``nn.Identity`` (or, for a norm with an
+  activation inside such as timm's ``BatchNormAct2d``, that activation).
+  :func:`restore_conv_bn` (run by ``reparameterize_model`` after fusing)
+  puts the ``Conv2d`` + norm pair back, so the fused model has the stock
+  module layout and state dict.
 - :func:`grow` and :func:`absorb` add a branch to / remove a branch from an
   active block without changing its eval-mode function: the branch's exact
   ``(kernel, bias)`` is taken from / given back to the main ``kxk`` branch
@@ -13,10 +15,12 @@
 
 Pure PyTorch: nothing here knows about saliency or schedules.
 """
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .block import ODBB
@@ -31,43 +35,134 @@ def find_conv_bn_pairs(model: nn.Module,
 
     Found by running ``example`` through ``model`` and matching each BN's
     input tensor to the conv that produced it; no naming convention needed.
+    A conv whose output several BNs read is left out (no single pair).
     """
-    produced: Dict[int, str] = {}
-    pairs: List[Tuple[str, str]] = []
+    # The produced tensors stay referenced until the end of the trace: an
+    # id() is unique only among live objects.
+    produced: Dict[int, Tuple[str, torch.Tensor]] = {}
+    readers: Dict[str, List[str]] = {}
     handles = []
+
+    def record_bn(bn_name, inputs):
+        hit = produced.get(id(inputs[0]))
+        if hit is not None and hit[1] is inputs[0]:
+            readers.setdefault(hit[0], [])
+            if bn_name not in readers[hit[0]]:
+                readers[hit[0]].append(bn_name)
+
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d):
             handles.append(module.register_forward_hook(
-                lambda m, i, o, name=name: produced.__setitem__(id(o), name)))
+                lambda m, i, o, name=name: produced.__setitem__(
+                    id(o), (name, o))))
         elif isinstance(module, _BatchNorm):
             handles.append(module.register_forward_pre_hook(
-                lambda m, i, name=name: pairs.append(
-                    (produced[id(i[0])], name)) if id(i[0]) in produced
-                else None))
+                lambda m, i, name=name: record_bn(name, i)))
+    try:
+        _run_eval(model, example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [(conv, bns[0]) for conv, bns in readers.items() if len(bns) == 1]
+
+
+def _run_eval(model: nn.Module, example: torch.Tensor):
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            model(example)
+            return model(example)
     finally:
         model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    seen, unique = set(), []
-    for pair in pairs:
-        if pair not in seen:
-            seen.add(pair)
-            unique.append(pair)
-    return unique
 
 
 def _convertible(conv: nn.Conv2d) -> bool:
+    """A plain KxK conv (its own forward, e.g. not timm's Conv2dSame or a
+    weight-standardized conv) with ``K // 2`` zero padding and no bias."""
     k = conv.kernel_size
-    return (k[0] == k[1] and k[0] > 1 and k[0] % 2 == 1
+    return (type(conv).forward is nn.Conv2d.forward
+            and type(conv)._conv_forward is nn.Conv2d._conv_forward
+            and k[0] == k[1] and k[0] > 1 and k[0] % 2 == 1
             and conv.padding == (k[0] // 2, k[0] // 2)
             and conv.dilation == (1, 1) and conv.bias is None
             and conv.stride[0] == conv.stride[1]
             and conv.padding_mode == 'zeros')
+
+
+class NormTail(nn.Module):
+    """What a norm-with-activation module applies after normalizing.
+
+    timm's ``BatchNormAct2d`` is a BatchNorm subclass whose forward is BN,
+    then ``drop``, then ``act``. In a block every branch must end in a
+    *linear* BN, so the conversion gives the branches plain BNs and leaves
+    ``drop`` and ``act`` here, in the old norm's place, after the block.
+    """
+
+    def __init__(self, drop: nn.Module, act: nn.Module):
+        super().__init__()
+        self.drop = drop
+        self.act = act
+
+    def forward(self, x):
+        return self.act(self.drop(x))
+
+
+_LINEAR_FORWARDS = (_BatchNorm.forward, nn.SyncBatchNorm.forward)
+
+
+def _split_norm(bn: nn.Module):
+    """``(branch norm factory, tail)`` for a norm, or None to leave it alone.
+
+    A BatchNorm whose forward is the stock one is linear: the branches get
+    norms of its type and nothing follows the block. A BatchNorm subclass
+    with an activation inside (``drop`` and ``act`` modules, as timm's
+    ``BatchNormAct2d``) is split into a plain BN and a :class:`NormTail`;
+    the split is checked numerically in eval mode. Anything else (another
+    forward, no affine parameters or running statistics) is None: its conv
+    is not converted, since the block's branches would not be linear.
+    """
+    if not isinstance(bn, _BatchNorm) or not (bn.affine
+                                              and bn.track_running_stats):
+        return None
+    tail = None
+    norm_type = type(bn)
+    if type(bn).forward not in _LINEAR_FORWARDS:
+        drop, act = getattr(bn, 'drop', None), getattr(bn, 'act', None)
+        if not (isinstance(drop, nn.Module) and isinstance(act, nn.Module)):
+            return None
+        tail = NormTail(drop, act)
+        norm_type = nn.SyncBatchNorm if isinstance(
+            bn, nn.SyncBatchNorm) else nn.BatchNorm2d
+    if not _is_norm_then(bn, tail):
+        return None
+
+    def factory(channels, bn=bn, norm_type=norm_type):
+        return norm_type(channels, bn.eps, bn.momentum, bn.affine,
+                         bn.track_running_stats)
+
+    return factory, tail
+
+
+def _is_norm_then(bn: nn.Module, tail: Optional[nn.Module]) -> bool:
+    """Is eval-mode ``bn(x)`` the batch norm of ``x`` followed by ``tail``?"""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, bn.num_features, 3, 3, generator=gen).to(bn.weight)
+    x = x * 3 - 1
+    was_training = bn.training
+    try:
+        bn.eval()
+        with torch.no_grad():
+            expected = bn(x.clone())
+            got = F.batch_norm(x, bn.running_mean, bn.running_var,
+                               bn.weight, bn.bias, False, 0.0, bn.eps)
+            if tail is not None:
+                tail.eval()
+                got = tail(got)
+    finally:
+        bn.train(was_training)
+        if tail is not None:
+            tail.train(was_training)
+    return torch.allclose(expected, got, rtol=1e-5, atol=1e-6)
 
 
 def _split(name: str):
@@ -83,8 +178,14 @@ def convert_to_odbb(model: nn.Module,
 
     Each ODBB has the ``branches`` (a preset or list, filtered to what is
     legal) but only ``kxk`` active: its conv and BN are the old ones, so the
-    model's outputs are unchanged. Convs with a bias, dilation, or padding
-    other than ``K // 2`` are left alone. Returns the converted conv names.
+    model's outputs are unchanged (checked on a random input; ``ValueError``
+    otherwise). Left alone, with one warning naming them: convs with a
+    bias, dilation, padding other than ``K // 2`` or a forward of their own,
+    and convs whose norm is not a linear BatchNorm (or one with an
+    activation that splits off, see :func:`_split_norm`), and convs
+    inside a block that re-parameterizes itself (a module with ``fuse``,
+    ``reparameterize`` or ``switch_to_deploy``: timm's RepVGG and MobileOne
+    blocks, mmpretrain's RepVGG). Returns the converted conv names.
 
     Args:
         example: an input batch to find the pairs with (default: a 1x3x64x64
@@ -96,12 +197,25 @@ def convert_to_odbb(model: nn.Module,
     if example is None:
         first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
         example = torch.zeros(1, first.in_channels, 64, 64)
-    converted = []
+    probe = torch.randn(example.shape,
+                        generator=torch.Generator().manual_seed(0)).to(example)
+    before = _flat_outputs(_run_eval(model, probe))
+    reparameterizable = _self_reparameterizing(model)
+    converted, skipped, inside = [], [], []
     for conv_name, bn_name in find_conv_bn_pairs(model, example):
         conv = model.get_submodule(conv_name)
         bn = model.get_submodule(bn_name)
-        if not _convertible(conv):
+        if conv.kernel_size[0] == 1:
             continue
+        if any(conv_name.startswith(p + '.') for p in reparameterizable):
+            inside.append(conv_name)  # its block's own fusion reads it
+            continue
+        split = _split_norm(bn) if _convertible(conv) else None
+        if split is None:
+            skipped.append(f'{conv_name} ({type(conv).__name__} + '
+                           f'{type(bn).__name__})')
+            continue
+        norm_layer, tail = split
         block = ODBB(
             conv.in_channels,
             conv.out_channels,
@@ -110,8 +224,7 @@ def convert_to_odbb(model: nn.Module,
             conv.groups,
             branches=branches,
             weight_sharing=weight_sharing,
-            norm_layer=lambda c, bn=bn: type(bn)(
-                c, bn.eps, bn.momentum, bn.affine, bn.track_running_stats))
+            norm_layer=norm_layer).to(conv.weight)  # device and dtype
         if MAIN not in block.branch_names:
             raise ValueError(f'branches {branches!r} lack the {MAIN!r} '
                              'branch that holds the converted conv')
@@ -119,23 +232,74 @@ def convert_to_odbb(model: nn.Module,
         with torch.no_grad():
             (block.weight if weight_sharing else main.weight).copy_(
                 conv.weight)
-        main.bn.load_state_dict(bn.state_dict())
+        stats = bn.state_dict()  # a norm-act also holds its act's tensors
+        main.bn.load_state_dict({k: stats[k] for k in main.bn.state_dict()})
         block.active = [MAIN]
-        block.stock_pair = dict(bn_name=_split(bn_name)[1], bn_type=type(bn),
-                                eps=bn.eps, momentum=bn.momentum)
+        # What restore_conv_bn needs to put the stock pair back.
+        block.stock_pair = dict(bn_name=_split(bn_name)[1], norm=bn)
         parent = model.get_submodule(_split(conv_name)[0])
-        setattr(parent, _split(conv_name)[1], block.to(conv.weight.device))
+        setattr(parent, _split(conv_name)[1], block)
         setattr(model.get_submodule(_split(bn_name)[0]), _split(bn_name)[1],
-                nn.Identity())
+                nn.Identity() if tail is None else tail)
         converted.append(conv_name)
+    if skipped:
+        warnings.warn(f'convert_to_odbb left {len(skipped)} KxK conv(s) as '
+                      f'they are (no plain conv + linear BatchNorm pair): '
+                      f'{_some(skipped)}')
+    if inside:
+        warnings.warn(f'convert_to_odbb left {len(inside)} KxK conv(s) as '
+                      'they are, inside blocks that re-parameterize '
+                      f'themselves: {_some(inside)}')
+    after = _flat_outputs(_run_eval(model, probe))
+    if len(before) != len(after) or any(
+            not torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+            for a, b in zip(after, before)):
+        raise ValueError('convert_to_odbb changed the model\'s outputs: a '
+                         'converted conv output is read by something else '
+                         'than its BatchNorm')
     return converted
+
+
+def _some(names: List[str], shown: int = 4) -> str:
+    return ', '.join(names[:shown]) + (', ...' if len(names) > shown else '')
+
+
+REPARAMETERIZE_VERBS = ('fuse', 'reparameterize', 'switch_to_deploy')
+
+
+def _self_reparameterizing(model: nn.Module) -> List[str]:
+    """Names of the submodules that re-parameterize themselves already.
+
+    timm's RepVGG and MobileOne blocks, mmpretrain's RepVGG: their own
+    fusion reads their convs' attributes, so their convs stay as they are.
+    The model itself does not count (a model-level ``fuse`` is common).
+    """
+    return [
+        name for name, m in model.named_modules() if name
+        and not isinstance(m, ODBB) and any(
+            callable(getattr(m, verb, None))
+            for verb in REPARAMETERIZE_VERBS)
+    ]
+
+
+def _flat_outputs(out) -> List[torch.Tensor]:
+    """The tensors in a (nested) model output."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _flat_outputs(o)]
+    return []
 
 
 def restore_conv_bn(model: nn.Module) -> int:
     """Turn fused converted ODBBs back into a ``Conv2d`` + BN pair.
 
-    The conv holds the fused kernel; the BN (mean 0, var 1, weight
-    ``sqrt(1 + eps)``) adds the fused bias. Returns how many were restored.
+    The conv holds the fused kernel; the model's own norm module comes back
+    (mean 0, var 1, weight ``sqrt(1 + eps)``) and adds the fused bias, with
+    its activation again inside when it had one. Returns how many were
+    restored.
     """
     restored = 0
     for parent in list(model.modules()):
@@ -149,13 +313,15 @@ def restore_conv_bn(model: nn.Module) -> int:
                              child.kernel_size, child.stride,
                              child.kernel_size // 2, groups=child.groups,
                              bias=False).to(fused.weight)
-            bn = pair['bn_type'](child.out_channels, pair['eps'],
-                                 pair['momentum']).to(fused.weight)
+            bn = pair['norm'].to(fused.weight)
+            tail = getattr(parent, pair['bn_name'])
+            if isinstance(tail, NormTail):
+                bn.drop, bn.act = tail.drop, tail.act
             with torch.no_grad():
                 conv.weight.copy_(fused.weight)
                 bn.running_mean.zero_()
                 bn.running_var.fill_(1.0)
-                bn.weight.fill_((1.0 + pair['eps'])**0.5)
+                bn.weight.fill_((1.0 + bn.eps)**0.5)
                 bn.bias.copy_(fused.bias)
             bn.train(child.training)
             setattr(parent, attr, conv)
@@ -165,20 +331,30 @@ def restore_conv_bn(model: nn.Module) -> int:
 
 
 # -- growth and de-parameterization ----------------------------------------
-def _main_scale(block: ODBB) -> torch.Tensor:
-    """Per-channel factor from the main conv's kernel to its fused kernel."""
-    bn = block.branches[MAIN].bn
-    return bn.weight / torch.sqrt(bn.running_var + bn.eps)
-
-
 def _shift_main(block: ODBB, kernel: torch.Tensor, bias: torch.Tensor,
                 sign: float):
-    """Add ``sign * (kernel, bias)`` to the main branch's function."""
+    """Add ``sign * (kernel, bias)`` to the main branch's function.
+
+    The main branch computes ``(W * x - mean) * gamma / std + beta``. A
+    channel with ``gamma == 0`` (a zero-initialised residual BN) cannot take
+    a kernel through ``W``; where one must be added there, the channel is
+    first switched on with ``gamma = 1``, ``W = 0`` and ``beta`` raised by
+    ``mean / std``, which leaves its output as it was.
+    """
     main = block.branches[MAIN]
-    scale = _main_scale(block).reshape(-1, 1, 1, 1)
+    bn = main.bn
+    std = torch.sqrt(bn.running_var + bn.eps)
     with torch.no_grad():
+        off = (bn.weight == 0) & (kernel.flatten(1).abs().sum(1) > 0)
+        if off.any():
+            main.weight[off] = 0.0
+            bn.weight[off] = 1.0
+            bn.bias[off] += bn.running_mean[off] / std[off]
+        scale = (bn.weight / std).reshape(-1, 1, 1, 1)
+        # Channels still off take no kernel (theirs is zero): no 0 / 0.
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
         main.weight.add_(sign * kernel / scale)
-        main.bn.bias.add_(sign * bias)
+        bn.bias.add_(sign * bias)
 
 
 def _check(block: ODBB, name: str):
@@ -193,16 +369,19 @@ def _check(block: ODBB, name: str):
 def grow(block: ODBB, names: Sequence[str], bn_scale: float = 0.01):
     """Activate ``names``, each BN at ``bn_scale``, function unchanged.
 
-    The new branch starts with BN weight ``bn_scale`` and bias 0; its exact
-    eval-mode ``(kernel, bias)`` is subtracted from the main branch, so the
-    block's eval-mode output does not move.
+    The new branch starts with BN weight ``bn_scale`` and bias 0 (0 and 0 on
+    channels where the main BN weight is 0, as in zero-initialised residual
+    blocks); its exact eval-mode ``(kernel, bias)`` is subtracted from the
+    main branch, so the block's eval-mode output does not move.
     """
     new = [n for n in names if n not in block.active]
+    off = block.branches[MAIN].bn.weight.detach() == 0
     for name in new:
         _check(block, name)
         branch = block.branches[name]
         with torch.no_grad():
             branch.bn.weight.fill_(bn_scale)
+            branch.bn.weight[off] = 0.0
             branch.bn.bias.zero_()
         kernel, bias = branch.kernel_bias()
         _shift_main(block, kernel.detach(), bias.detach(), -1.0)
@@ -250,6 +429,6 @@ def bn_scale_ratio(block: ODBB, name: str) -> float:
 
 
 __all__ = [
-    'absorb', 'bn_scale_ratio', 'convert_to_odbb', 'find_conv_bn_pairs',
-    'grow', 'restore_conv_bn'
+    'NormTail', 'absorb', 'bn_scale_ratio', 'convert_to_odbb',
+    'find_conv_bn_pairs', 'grow', 'restore_conv_bn'
 ]

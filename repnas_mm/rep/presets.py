@@ -21,6 +21,10 @@ PRESETS: Dict[str, Tuple[str, ...]] = {
 BranchSpec = Union[str, Sequence[str]]
 
 
+class BudgetError(ValueError):
+    """A branch budget no architecture of the model can have."""
+
+
 def canonical(names: Sequence[str]) -> Tuple[str, ...]:
     """``names`` in the fixed order of :data:`BRANCH_NAMES`, checked."""
     unknown = [n for n in names if n not in BRANCH_NAMES]
@@ -58,21 +62,38 @@ def resolve_branches(spec: BranchSpec, in_channels: int, out_channels: int,
     return names
 
 
+def resolve_budget(budget: Union[int, float], num_branches: int,
+                   num_blocks: int) -> int:
+    """A branch count from a count (int) or a ratio of all branches (float).
+
+    Raises :class:`BudgetError` unless the count lies between ``num_blocks``
+    (one branch per block) and ``num_branches`` (every legal branch).
+    """
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        raise BudgetError(f'budget must be an int (a branch count) or a '
+                          f'float (a ratio of all branches), got {budget!r}')
+    count = round(budget * num_branches) if isinstance(budget, float) else \
+        budget
+    if not num_blocks <= count <= num_branches:
+        raise BudgetError(
+            f'budget {budget!r} gives {count} branches; it must lie in '
+            f'[{num_blocks}, {num_branches}] (one branch per block at least, '
+            'every legal branch at most)')
+    return count
+
+
 def random_architecture(legal_per_block: Sequence[Sequence[str]],
-                        budget: int,
+                        budget: Union[int, float],
                         seed: int = 0) -> List[Tuple[str, ...]]:
     """A random architecture with ``budget`` branches in all (seeded).
 
-    Every block keeps at least one branch, so ``budget`` must lie between
-    the number of blocks and the number of legal branches. This is the
-    random-search baseline of RepNAS Sec. 4.1.
+    ``budget`` is a count or a ratio of all legal branches
+    (:func:`resolve_budget`); every block keeps at least one branch. This is
+    the random-search baseline of RepNAS Sec. 4.1.
     """
     num_blocks = len(legal_per_block)
-    total = sum(len(b) for b in legal_per_block)
-    if not num_blocks <= budget <= total:
-        raise ValueError(f'budget {budget} must lie in [{num_blocks}, '
-                         f'{total}] (one branch per block at least, '
-                         'all legal branches at most)')
+    budget = resolve_budget(budget, sum(len(b) for b in legal_per_block),
+                            num_blocks)
     rng = random.Random(seed)
     # One branch per block first, then the rest uniformly among the others.
     kept = [{rng.choice(list(block))} for block in legal_per_block]

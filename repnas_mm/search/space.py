@@ -24,24 +24,10 @@ from torch import Tensor
 
 from repnas_mm.rep import ODBB
 from repnas_mm.rep.arch import Architecture, ArchLike, load_arch
+from repnas_mm.rep.presets import resolve_budget
 
 _SPACES: 'weakref.WeakKeyDictionary[nn.Module, SearchSpace]' = \
     weakref.WeakKeyDictionary()
-
-
-def resolve_budget(budget: Union[int, float], num_branches: int,
-                   num_blocks: int) -> int:
-    """A branch count from a count (int) or a ratio of all branches (float)."""
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
-        raise TypeError(f'budget must be an int or a float, got {budget!r}')
-    count = round(budget * num_branches) if isinstance(budget, float) else \
-        budget
-    if not num_blocks <= count <= num_branches:
-        raise ValueError(
-            f'budget {budget!r} gives {count} branches; it must lie in '
-            f'[{num_blocks}, {num_branches}] (one branch per block at least, '
-            'every legal branch at most)')
-    return count
 
 
 def find_blocks(model: nn.Module) -> Dict[str, ODBB]:

@@ -176,10 +176,8 @@ class ODBBNet(BaseBackbone):
             return [branches] * num
         if isinstance(branches, dict) and branches.get('type') == 'random':
             legal = [legal_branches(cin, cout, s) for cin, cout, s, _ in shapes]
-            budget = branches['budget']
-            if isinstance(budget, float):  # a ratio of all legal branches
-                budget = round(budget * sum(len(b) for b in legal))
-            return random_architecture(legal, budget, branches.get('seed', 0))
+            return random_architecture(legal, branches['budget'],
+                                       branches.get('seed', 0))
         if isinstance(branches, (dict, Architecture)) or is_arch_file(
                 branches):
             arch = load_arch(branches)
