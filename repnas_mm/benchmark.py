@@ -44,9 +44,17 @@ def paired_speedup(faster: Timing, slower: Timing) -> float:
         s / f for f, s in zip(faster.seconds, slower.seconds))
 
 
-def _sync(device):
+def sync(device):
+    """Wait for the device's queued work (CUDA); nothing to wait for on CPU."""
     if torch.device(device).type == 'cuda':
         torch.cuda.synchronize(device)
+
+
+def describe_device(device) -> str:
+    """What a timing ran on: the GPU's name, or the CPU and its threads."""
+    if torch.device(device).type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    return f'CPU, {torch.get_num_threads()} threads'
 
 
 def time_round_robin(runs: Dict[str, Callable[[], object]],
@@ -73,16 +81,16 @@ def time_round_robin(runs: Dict[str, Callable[[], object]],
         for name, run in runs.items():  # warm-up (allocator, cuDNN, caches)
             for _ in range(warmup):
                 run()
-            _sync(device)
+            sync(device)
             if bar:
                 bar.update()
         for _ in range(repeats):
             for name, run in runs.items():
-                _sync(device)
+                sync(device)
                 start = time.perf_counter()
                 for _ in range(iters):
                     run()
-                _sync(device)
+                sync(device)
                 timings[name].seconds.append(
                     (time.perf_counter() - start) / iters)
                 if bar:

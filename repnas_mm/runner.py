@@ -14,10 +14,11 @@ import os.path as osp
 
 import torch
 import torch.distributed as torch_dist
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.runner import Runner
 
 from repnas_mm.checkpoint import CONFIG_KEY, allow_unsafe_checkpoints
+from repnas_mm.config import read_config
 from repnas_mm.errors import USER_ERRORS
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
@@ -46,14 +47,10 @@ def add_common_args(parser):
     return parser
 
 
-def load_config(args):
+def config_from_args(args):
     """Read the config and merge the options every tool shares."""
-    if not osp.isfile(args.config):
-        raise SystemExit(f'error: config file not found: {args.config}')
-    cfg = Config.fromfile(args.config)
+    cfg = read_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:

@@ -8,7 +8,8 @@ import torch.nn as nn
 
 import repnas_mm  # noqa: F401
 from repnas_mm.rep import ODBB, reparameterize_model
-from repnas_mm.rep.convert import absorb, convert_to_odbb, grow
+from repnas_mm.rep.convert import convert_to_odbb
+from repnas_mm.rep.surgery import absorb, grow
 from repnas_mm.search.dyrep import DyRep
 
 from .conftest import REPO, cls_data_options, read_scalars, run_tool
@@ -198,11 +199,19 @@ def test_odbbnet_starts_from_its_main_branch():
     assert policy.num_branches() > len(net.blocks())
 
 
-def test_hook_drops_optimizer_state_of_removed_parameters():
-    from repnas_mm.search.hooks import DyRepHook
+@pytest.mark.parametrize('joint', [False, True])
+def test_hook_drops_optimizer_state_of_removed_parameters(joint):
+    """With a plain optimizer, and with RepNAS's JointOptimizer (whose
+    ``state`` is a view over its parts: a pop reaches the owning part)."""
+    from repnas_mm.search.dyrep_hook import DyRepHook
+    from repnas_mm.search.optim import JointOptimizer
     model = _converted_resnet()
     # A tiny lr: momentum state exists, BN scales stay where growth put them.
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-9, momentum=0.9)
+    if joint:
+        alpha = nn.Parameter(torch.zeros(3))
+        optimizer = JointOptimizer(
+            dict(weights=optimizer, alpha=torch.optim.Adam([alpha])))
 
     class Runner:
         epoch, max_epochs = 0, 10
@@ -226,6 +235,27 @@ def test_hook_drops_optimizer_state_of_removed_parameters():
     assert grown in [n for n, _ in hook.history[-1]['removed']]
     assert not any(p in optimizer.state for p in params)
     assert all(p.grad is None for p in params)
+    if joint:
+        part = optimizer.optimizers['weights'].state
+        assert not any(p in part for p in params)
+        assert len(optimizer.state) == len(part)
+
+
+def test_hook_removes_its_gradient_hooks_after_the_run():
+    from repnas_mm.search.dyrep_hook import DyRepHook
+    model = _converted_resnet()
+
+    class Runner:
+        epoch, max_epochs = 0, 10
+
+    runner = Runner()
+    runner.model = model
+    hook = DyRepHook(metric='snip', input_size=32)
+    hook.before_run(runner)
+    weight = hook.policy.blocks[0].branches['kxk'].weight
+    assert len(hook.policy._hooks) == 17 and weight._backward_hooks
+    hook.after_run(runner)
+    assert hook.policy._hooks == [] and not weight._backward_hooks
 
 
 @pytest.mark.slow
@@ -309,3 +339,27 @@ def test_ddp_ranks_grow_identical_structures(tmp_path, cifar10_tiny):
         assert a == b
     grown = [sum(len(v) for v in r['structure'].values()) for r in ranks[0]]
     assert grown[0] == 17 + 6  # two blocks grew after epoch 1
+
+
+def test_saliency_does_not_hide_a_models_own_type_error():
+    """A model that takes ``mode`` is called with ``mode='tensor'``; a
+    TypeError raised inside it is a bug to see, not a cue to retry."""
+    from repnas_mm.search.dyrep import _forward_sum
+
+    class TensorModeBroken(nn.Module):
+
+        def __init__(self):
+            super().__init__()
+            self.net = _converted_resnet()
+
+        def forward(self, x, mode='loss'):
+            if mode == 'tensor':
+                raise TypeError('a bug in tensor mode')
+            return self.net(x)
+
+    model = TensorModeBroken()
+    with pytest.raises(TypeError, match='a bug in tensor mode'):
+        _forward_sum(model, torch.ones(1, 3, 32, 32))
+    # A plain module (no mode) is called with the input alone.
+    total = _forward_sum(model.net, torch.ones(1, 3, 32, 32))
+    assert torch.isfinite(total)

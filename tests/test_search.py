@@ -270,7 +270,7 @@ def test_hook_is_registered_everywhere():
     from mmdet.registry import HOOKS as DET
     from mmengine.registry import HOOKS as ENGINE
     from mmpretrain.registry import HOOKS as CLS
-    from repnas_mm.search.hooks import RepNASHook
+    from repnas_mm.search.repnas_hook import RepNASHook
     for registry in (ENGINE, CLS, DET):
         assert registry.get('RepNASHook') is RepNASHook
 

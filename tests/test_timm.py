@@ -18,8 +18,9 @@ import torch
 import torch.nn as nn
 
 from repnas_mm.rep import ODBB, reparameterize_model
-from repnas_mm.rep.convert import (NormTail, absorb, convert_to_odbb,
-                                   find_conv_bn_pairs, grow)
+from repnas_mm.rep.convert import (NormTail, convert_to_odbb,
+                                   find_conv_bn_pairs)
+from repnas_mm.rep.surgery import absorb, grow
 from repnas_mm.search.dyrep import DyRep
 
 from .equivalence import assert_close_rel, randomize_bn

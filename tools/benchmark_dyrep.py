@@ -18,11 +18,12 @@ import torch.nn as nn
 from mmengine.config import DictAction
 
 import repnas_mm  # noqa: F401
-from repnas_mm.benchmark import markdown_table, time_round_robin
+from repnas_mm.benchmark import (describe_device, markdown_table,
+                                 time_round_robin)
 from repnas_mm.deploy import DeployError
 from repnas_mm.deploy.model import saved_structure
 from repnas_mm.deploy.model import build_model_unchecked
-from repnas_mm.deploy.workflow import load_config
+from repnas_mm.config import read_config
 from repnas_mm.runner import run_tool
 from repnas_mm.rep import ODBB
 
@@ -81,7 +82,7 @@ def models_to_time(cfg, checkpoint):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = read_config(args.config, args.cfg_options)
     models, branches = models_to_time(cfg, args.checkpoint)
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     x = torch.randn(args.batch_size, 3, args.input_size, args.input_size,
@@ -99,8 +100,7 @@ def main(argv=None):
             optimizer.zero_grad(set_to_none=True)
 
         runs[name] = step
-    where = (torch.cuda.get_device_name(device) if device == 'cuda' else
-             f'CPU, {torch.get_num_threads()} threads')
+    where = describe_device(device)
     print(f'{where}; batch {args.batch_size}, '
           f'{args.input_size}x{args.input_size}, fp32; one training step')
     timings = time_round_robin(runs, args.batch_size, device, args.repeats,

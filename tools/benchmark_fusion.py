@@ -18,8 +18,8 @@ import os.path as osp
 import torch
 
 import repnas_mm  # noqa: F401
-from repnas_mm.benchmark import (markdown_table, paired_speedup,
-                                 time_round_robin)
+from repnas_mm.benchmark import (describe_device, markdown_table,
+                                 paired_speedup, time_round_robin)
 from repnas_mm.models import ODBBNet
 from repnas_mm.rep import reparameterize_model
 
@@ -66,8 +66,7 @@ def main():
     x = torch.randn(batch, 3, args.input_size, args.input_size, device=device)
     models = build_models(args.arch, args.presets, device)
     runs = {name: (lambda m=m: m(x)) for name, m in models.items()}
-    where = (torch.cuda.get_device_name(device) if device == 'cuda' else
-             f'CPU, {torch.get_num_threads()} threads')
+    where = describe_device(device)
     print(f'{where}; batch {batch}, {args.input_size}x{args.input_size}, '
           f'fp32; {args.repeats} repeats x {args.iters} iterations')
     timings = time_round_robin(runs, batch, device, args.repeats, args.iters,

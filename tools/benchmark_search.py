@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 import repnas_mm  # noqa: F401
-from repnas_mm.benchmark import markdown_table
+from repnas_mm.benchmark import describe_device, markdown_table, sync
 from repnas_mm.models import ODBBNet
 from repnas_mm.search import SearchSpace
 from repnas_mm.search.optim import JointOptimizer
@@ -72,11 +72,6 @@ def train_step(model, optimizer, x, y):
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-
-
-def sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
 
 
 def time_search_overhead(args, device, batch):
@@ -205,8 +200,7 @@ def main():
         print(json.dumps(memory_probe(args, args.memory_probe, device, batch)))
         return
 
-    where = (torch.cuda.get_device_name(device) if device.type == 'cuda'
-             else f'CPU, {torch.get_num_threads()} threads')
+    where = describe_device(device)
     print(f'ODBBNet-{args.arch} training step; {where}; batch {batch}, '
           f'{args.input_size}x{args.input_size}, fp32')
     pairs = time_search_overhead(args, device, batch)

@@ -8,7 +8,7 @@ import argparse
 import os.path as osp
 
 import repnas_mm  # noqa: F401  (registers repnas_mm modules)
-from repnas_mm.runner import (add_common_args, build_runner, load_config,
+from repnas_mm.runner import (add_common_args, build_runner, config_from_args,
                               prepare_cpu_distributed, run_tool)
 
 
@@ -25,7 +25,7 @@ def main(argv=None):
     args = parse_args(argv)
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'error: checkpoint not found: {args.checkpoint}')
-    cfg = load_config(args)
+    cfg = config_from_args(args)
     cfg.load_from = args.checkpoint
     prepare_cpu_distributed(cfg)
     runner = build_runner(cfg)

@@ -8,8 +8,8 @@
 import argparse
 
 import repnas_mm  # noqa: F401  (registers repnas_mm modules)
-from repnas_mm.runner import (add_common_args, build_runner, enable_amp,
-                              load_config, prepare_cpu_distributed, run_tool,
+from repnas_mm.runner import (add_common_args, build_runner, config_from_args,
+                              enable_amp, prepare_cpu_distributed, run_tool,
                               setup_resume)
 
 
@@ -38,7 +38,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args)
+    cfg = config_from_args(args)
     if args.amp:
         enable_amp(cfg)
     setup_resume(cfg, args.resume)

@@ -15,7 +15,8 @@ from typing import Dict, Optional
 
 import torch
 
-from repnas_mm.benchmark import markdown_table, time_round_robin
+from repnas_mm.benchmark import (describe_device, markdown_table,
+                                 time_round_robin)
 from repnas_mm.rep import reparameterize_model
 
 from .model import DeployError, build_model, load_for_deploy
@@ -65,11 +66,11 @@ def build_candidates(target: str, checkpoint: Optional[str] = None,
         }
         size, label = 224, f'ODBB-{arch} classifier, all branches'
     else:
-        from .workflow import load_config
+        from repnas_mm.config import read_config
         if not osp.isfile(target):
             raise DeployError(f'neither an ODBBNet arch nor a config: '
                               f'{target}')
-        cfg = load_config(target, cfg_options)
+        cfg = read_config(target, cfg_options)
         training = (load_for_deploy(cfg, checkpoint)[0]
                     if checkpoint else build_model(cfg))
         backbone = cfg.model.backbone
@@ -129,8 +130,7 @@ def run_latency_benchmark(target: str,
     notes = []
     if onnx:
         runs.update(_onnx_run(models['fused'], x, notes))
-    where = (torch.cuda.get_device_name(device) if device == 'cuda' else
-             f'CPU, {torch.get_num_threads()} threads')
+    where = describe_device(device)
     log(f'[latency] {where}; batch {batch}, {size}x{size}, fp32; '
         f'{repeats} repeats x {iters} iterations, round-robin')
     timings = time_round_robin(runs, batch, device, repeats, iters)

@@ -2,15 +2,16 @@
 
 Every problem a user can cause (a missing or foreign checkpoint, a config
 without ODBBs) is a :class:`DeployError` (or, for a file torch cannot read,
-a ``CheckpointError``) with one line that says what to do.
+a ``CheckpointError``; for one that does not fit, a ``CheckpointMismatch``)
+with one line that says what to do.
 """
 import os.path as osp
-from typing import List
 
 import torch.nn as nn
 
 from repnas_mm.errors import UserError
-from repnas_mm.rep import ODBB, reparameterize_model
+from repnas_mm.models.loading import holds_fused, load_checked
+from repnas_mm.rep import named_odbbs, reparameterize_model
 
 
 class DeployError(UserError):
@@ -31,19 +32,15 @@ def build_model(cfg) -> nn.Module:
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise DeployError(f'cannot build the model of {cfg.filename}: '
                           f'{exc}') from None
-    if not any(isinstance(m, ODBB) for m in model.modules()):
+    if not named_odbbs(model):
         raise DeployError(
             f'the model of {cfg.filename} has no ODBB: there is nothing to '
             'fuse (is this a repnas_mm config?)')
     return model
 
 
-def odbbs(model: nn.Module) -> List[ODBB]:
-    return [m for m in model.modules() if isinstance(m, ODBB)]
-
-
 def is_fused(model: nn.Module) -> bool:
-    return all(b.fused_conv is not None for b in odbbs(model))
+    return not named_odbbs(model, fused=False)
 
 
 def saved_structure(checkpoint: dict):
@@ -59,8 +56,7 @@ def saved_structure(checkpoint: dict):
 
 def _apply_structure(model, structure: dict) -> int:
     """Keep only the branches a search (or DyRep) left in every block."""
-    named = {name: m for name, m in model.named_modules()
-             if isinstance(m, ODBB)}
+    named = named_odbbs(model)
     if list(structure) != list(named):
         raise DeployError(
             'the checkpoint\'s architecture names other blocks than the '
@@ -87,26 +83,14 @@ def load_for_deploy(cfg, checkpoint: str):
     loaded = CheckpointLoader.load_checkpoint(
         checkpoint, map_location='cpu', logger='current')
     state = loaded.get('state_dict', loaded)
-    info = dict(already_fused=any(
-        k.endswith('fused_conv.weight') for k in state))
+    info = dict(already_fused=holds_fused(state))
     if info['already_fused']:
         reparameterize_model(model, inplace=True)
     else:
         structure = saved_structure(loaded)
         if structure is not None:
             info['searched_branches'] = _apply_structure(model, structure)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or wrong:
-        key = (missing or wrong)[0]
-        what = (f'lacks {len(missing)} of its tensors, e.g. {key!r}'
-                if missing else f'has {key!r} with shape '
-                f'{tuple(state[key].shape)}, not {tuple(own[key].shape)}')
-        raise DeployError(
-            f'{checkpoint} does not match the model of {cfg.filename}: it '
-            f'{what} (a checkpoint of another arch or config?)')
-    model.load_state_dict({k: state[k] for k in own}, strict=True)
-    info['unused_tensors'] = len(set(state) - set(own))
+    info['unused_tensors'] = load_checked(model, state, checkpoint,
+                                          f'the model of {cfg.filename}')
     info['meta'] = loaded.get('meta', {})
     return model.eval(), info

@@ -7,11 +7,11 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from repnas_mm.atomic import atomic_path
-from repnas_mm.rep import reparameterize_model
+from repnas_mm.config import read_config
+from repnas_mm.rep import named_odbbs, reparameterize_model
 
 from .interop import to_repvgg_config, to_repvgg_state_dict
-from .model import (DeployError, build_model_unchecked, load_for_deploy,
-                    odbbs)
+from .model import DeployError, build_model_unchecked, load_for_deploy
 from .onnx import (export_onnx, run_onnxruntime, write_json,
                    write_mmdeploy_files)
 from .verify import collect_batches, model_inputs, raw_outputs, relative_error
@@ -26,7 +26,7 @@ def deploy_config(cfg, model):
     parts (search hooks, optimizer constructor, initialisation) are dropped.
     """
     out = copy.deepcopy(cfg)
-    kept = iter([b.branch_names for b in odbbs(model)])
+    kept = iter([b.branch_names for b in named_odbbs(model).values()])
 
     def visit(node):
         if isinstance(node, dict):
@@ -100,12 +100,12 @@ def deploy(config: str,
     training-time model by more than ``tolerance`` (relative).
     """
     from mmengine.config import Config
-    cfg = load_config(config, cfg_options)
+    cfg = read_config(config, cfg_options)
     name = osp.splitext(osp.basename(config))[0]
     if fmt == 'mmpretrain-repvgg':
         to_repvgg_config(cfg)  # refuse an ineligible model before any work
     model, info = load_for_deploy(cfg, checkpoint)
-    log(f'[deploy] loaded {checkpoint}: {len(odbbs(model))} ODBBs'
+    log(f'[deploy] loaded {checkpoint}: {len(named_odbbs(model))} ODBBs'
         + (', already fused' if info['already_fused'] else '')
         + (f', searched architecture of {info["searched_branches"]} '
            'branches' if 'searched_branches' in info else ''))
@@ -149,17 +149,6 @@ def deploy(config: str,
                                   tolerance, log))
     write_json(result, osp.join(work_dir, 'deploy_result.json'))
     return result
-
-
-def load_config(config: str, cfg_options: Optional[dict] = None):
-    """The config file with ``--cfg-options`` merged; one-line errors."""
-    from mmengine.config import Config
-    if not osp.isfile(config):
-        raise DeployError(f'config not found: {config}')
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    return cfg
 
 
 def _write_repvgg(cfg, fused, meta, inputs, work_dir, name, tolerance, log):

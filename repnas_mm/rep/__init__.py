@@ -1,17 +1,20 @@
 """Structural re-parameterization in pure PyTorch (no OpenMMLab imports).
 
 ``transforms`` (pure tensor functions) < ``branches`` < ``block`` (ODBB);
-``presets`` names branch sets; ``convert`` puts ODBBs into any CNN and grows
-or absorbs branches exactly; ``reparameterize_model`` fuses any model.
+``presets`` names branch sets; ``arch`` reads and writes searched
+architectures; ``convert`` puts ODBBs into any CNN; ``surgery`` grows or
+absorbs branches exactly; ``reparameterize_model`` fuses any model.
 """
-from .block import ODBB
+from .block import ODBB, named_odbbs
 from .branches import BRANCH_NAMES, build_branch, legal_branches
-from .convert import absorb, convert_to_odbb, grow
+from .convert import convert_to_odbb
 from .presets import PRESETS, random_architecture, resolve_branches
 from .reparameterize import reparameterize_model
+from .surgery import absorb, grow
 
 __all__ = [
     'ODBB', 'BRANCH_NAMES', 'PRESETS', 'absorb', 'build_branch',
-    'convert_to_odbb', 'grow', 'legal_branches', 'random_architecture',
+    'convert_to_odbb', 'grow', 'legal_branches', 'named_odbbs',
+    'random_architecture',
     'resolve_branches', 'reparameterize_model'
 ]

@@ -14,17 +14,19 @@ File format (JSON)::
 
 ``blocks`` may also be a plain list of branch lists. Loading needs nothing
 but the standard library, so a fresh ODBBNet rebuilds a searched network
-without any search code.
+without any search code. :func:`branches_per_block` turns any ``branches=``
+value of a network (preset, lists, file, random) into one spec per block.
 """
 import json
 import os
 import os.path as osp
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from repnas_mm.atomic import atomic_path
 
-from .presets import canonical
+from .branches import legal_branches
+from .presets import canonical, random_architecture
 
 
 @dataclass
@@ -113,6 +115,54 @@ def save_arch(arch: Architecture, path: Union[str, os.PathLike]):
         with open(tmp, 'w', encoding='utf-8') as f:
             json.dump(arch.to_dict(), f, indent=2)
             f.write('\n')
+
+
+BlockShape = Tuple[int, int, int, int]  # in, out, stride, groups
+
+
+def branches_per_block(spec, shapes: Sequence[BlockShape],
+                       arch_name: Optional[str] = None) -> List:
+    """One branch spec per block of a network, from any ``branches=`` value.
+
+    ``spec``: a preset name (every block: its legal part), a list of branch
+    names (every block: its legal part; none legal is an error), a per-block
+    list of lists (checked strictly by the blocks), a searched architecture
+    (a ``.json`` path, its dict, an :class:`Architecture`; searched on
+    ``arch_name`` when it says), or ``dict(type='random', budget=C,
+    seed=0)``, the paper's random baseline (``C`` a count or a ratio).
+    """
+    num = len(shapes)
+    if isinstance(spec, str) and not is_arch_file(spec):
+        return [spec] * num
+    if isinstance(spec, dict) and spec.get('type') == 'random':
+        legal = [legal_branches(cin, cout, s) for cin, cout, s, _ in shapes]
+        return random_architecture(legal, spec['budget'], spec.get('seed', 0))
+    if isinstance(spec, (dict, Architecture)) or is_arch_file(spec):
+        arch = load_arch(spec)
+        if arch.arch is not None and arch_name is not None and \
+                arch.arch != arch_name:
+            raise ValueError(f'the architecture was searched on '
+                             f'{arch.arch!r}, not {arch_name!r}')
+        per_block = arch.blocks
+    elif all(isinstance(b, str) for b in spec):
+        names = canonical(list(spec))
+        per_block = []
+        for i, (cin, cout, stride, _) in enumerate(shapes):
+            kept = tuple(n for n in names
+                         if n in legal_branches(cin, cout, stride))
+            if not kept:
+                raise ValueError(f'block {i} ({cin} -> {cout}, stride '
+                                 f'{stride}) has no legal branch in '
+                                 f'{list(names)}')
+            per_block.append(kept)
+        return per_block
+    else:
+        per_block = [tuple(b) for b in spec]
+    if len(per_block) != num:
+        raise ValueError(f'{len(per_block)} branch lists given for {num} '
+                         f'blocks' + (f' of ODBBNet-{arch_name}'
+                                      if arch_name else ''))
+    return per_block
 
 
 def is_arch_file(spec) -> bool:

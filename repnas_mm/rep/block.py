@@ -5,7 +5,7 @@ gate value each branch output is multiplied by. Who decides those (a RepNAS
 search, DyRep, a fixed preset) is not the block's business: a search sets
 ``block.active`` and ``block.gates`` from outside every iteration.
 """
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -15,6 +15,9 @@ from .branches import NormLayer, build_branch
 from .presets import BranchSpec, canonical, resolve_branches
 from .transforms import KernelBias, add_branches
 
+#: The main branch: the KxK conv (+BN) a block replaces, and the one that
+#: DyRep's growth and absorption adjust.
+MAIN = 'kxk'
 # Branches whose conv kernel can be a centre crop of the main KxK kernel.
 SHAREABLE = ('1x1', 'kxk', '1x1_kxk', '1x1_avg', '1xk', 'kx1')
 
@@ -183,3 +186,17 @@ class ODBB(nn.Module):
                 f'kernel_size={self.kernel_size}, stride={self.stride}, '
                 f'groups={self.groups}, branches={self.active}, '
                 f'weight_sharing={self.weight_sharing}, deploy={self.deploy}')
+
+
+def named_odbbs(model: nn.Module,
+                fused: Optional[bool] = None) -> Dict[str, ODBB]:
+    """Every ODBB of ``model`` by module name, in module order.
+
+    ``fused=False``: only multi-branch blocks (what a search drives);
+    ``fused=True``: only fused ones; ``None``: all.
+    """
+    return {
+        name: m
+        for name, m in model.named_modules() if isinstance(m, ODBB) and (
+            fused is None or (m.fused_conv is not None) == fused)
+    }

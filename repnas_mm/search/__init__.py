@@ -1,9 +1,11 @@
 """The search: policies over the ODBBs of a model (layer 3).
 
-``space`` holds the policy and needs torch only; ``optim``, ``hooks`` and
-``figure`` connect it to mmengine's Runner (imported when the OpenMMLab stack
-is there, which registers ``RepNASHook`` and the optimizer constructor).
+``space`` (RepNAS) and ``dyrep`` hold the policies; ``repnas_hook``,
+``dyrep_hook`` and ``optim`` connect them to mmengine's Runner (imported with
+the OpenMMLab stack, which registers the hooks and the optimizer
+constructor); ``distributed`` and ``rng`` hold what they need from DDP and
+from the global random states; ``figure`` draws a searched architecture.
 """
-from .space import SearchSpace, find_blocks, resolve_budget
+from .space import SearchSpace, resolve_budget
 
-__all__ = ['SearchSpace', 'find_blocks', 'resolve_budget']
+__all__ = ['SearchSpace', 'resolve_budget']

@@ -3,10 +3,10 @@
 Starting from the main ``kxk`` branch alone, every step
 
 1. de-parameterizes the branches whose BN scale has become small relative to
-   the main branch's (:func:`repnas_mm.rep.convert.absorb`: their function
+   the main branch's (:func:`repnas_mm.rep.surgery.absorb`: their function
    moves into the main branch), and
 2. grows the most salient block(s) to the branches of ``grow_to``
-   (:func:`repnas_mm.rep.convert.grow`: new BNs at a small scale, the main
+   (:func:`repnas_mm.rep.surgery.grow`: new BNs at a small scale, the main
    kernel adjusted), the block's eval-mode function unchanged both times.
    A block de-parameterized in this step is not grown in it.
 
@@ -22,35 +22,29 @@ Saliency of a block is that of its main kernel ``W``:
 Scores are averaged over ranks, so every rank makes the same decisions.
 """
 import copy
+import inspect
 from typing import Dict, List, Sequence, Union
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
 from repnas_mm.rep import ODBB
-from repnas_mm.rep.convert import MAIN, absorb, bn_scale_ratio, grow
+from repnas_mm.rep.block import MAIN
+from repnas_mm.rep.surgery import absorb, bn_scale_ratio, grow
 from repnas_mm.rep.presets import resolve_branches
 
-from .space import find_blocks
+from repnas_mm.rep.block import named_odbbs
+
+from .distributed import average_over_ranks
 
 METRICS = ('synflow', 'snip', 'grad_norm')
 
 
-def _all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and \
-            dist.get_world_size() > 1:
-        dist.all_reduce(tensor)
-        tensor /= dist.get_world_size()
-    return tensor
-
-
 def _forward_sum(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Sum of every output tensor (classifiers, detectors, backbones)."""
-    try:
-        out = model(x, mode='tensor')
-    except TypeError:
-        out = model(x)
+    # mmengine models take mode='tensor' for raw outputs; others take x.
+    takes_mode = 'mode' in inspect.signature(model.forward).parameters
+    out = model(x, mode='tensor') if takes_mode else model(x)
     stack = [out]
     total = 0.0
     while stack:
@@ -93,7 +87,7 @@ class DyRep:
             raise ValueError(f'metric must be one of {METRICS}, got '
                              f'{metric!r}')
         self.model = model
-        named = list(find_blocks(model).items())
+        named = list(named_odbbs(model, fused=False).items())
         if not named:
             raise ValueError('the model has no multi-branch ODBB (convert '
                              'it with convert_to_odbb first)')
@@ -161,7 +155,7 @@ class DyRep:
         else:
             scores, self._accumulated = self._accumulated, torch.zeros(
                 len(self.blocks))
-        return _all_reduce_mean(scores.double()).float()
+        return average_over_ranks(scores.double()).float()
 
     # -- one step ----------------------------------------------------------
     def start(self):

@@ -15,16 +15,17 @@ models call ``optim_wrapper.update_params(loss)`` on one wrapper, so:
   could interleave with DDP's own all-reduces in a rank-dependent order).
 - :class:`RepNASOptimWrapperConstructor` builds all of it from the config.
 """
+from collections.abc import MutableMapping
 from typing import Dict, Optional
 
 import torch
-import torch.distributed as dist
 from mmengine.optim import (AmpOptimWrapper, DefaultOptimWrapperConstructor,
                             OptimWrapper)
 from mmengine.registry import (OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS,
                                OPTIMIZERS)
 from torch.optim import Optimizer
 
+from .distributed import average_over_ranks, unwrap_model
 from .space import SearchSpace
 
 DEFAULT_ALPHA_OPTIMIZER = dict(
@@ -85,11 +86,9 @@ class JointOptimizer(Optimizer):
         ]
 
     @property
-    def state(self):
-        merged = {}
-        for opt in self.optimizers.values():
-            merged.update(opt.state)
-        return merged
+    def state(self) -> '_JointState':
+        """The parts' states as one mapping; changes reach the owning part."""
+        return _JointState(self.optimizers.values())
 
     @state.setter
     def state(self, value):  # set by Optimizer.__init__; the parts own it
@@ -101,14 +100,42 @@ class JointOptimizer(Optimizer):
         return f'JointOptimizer({parts})'
 
 
-def average_over_ranks(param: Optional[torch.nn.Parameter]):
-    """All-reduce-mean a parameter's gradient (no-op on one process)."""
-    if param is None or param.grad is None:
-        return
-    if dist.is_available() and dist.is_initialized() and \
-            dist.get_world_size() > 1:
-        dist.all_reduce(param.grad)
-        param.grad.div_(dist.get_world_size())
+class _JointState(MutableMapping):
+    """Per-parameter optimizer state across parts: a view, not a copy."""
+
+    def __init__(self, optimizers):
+        self._parts = list(optimizers)
+
+    def _owner(self, param):
+        for opt in self._parts:
+            if param in opt.state:
+                return opt.state
+        return None
+
+    def __getitem__(self, param):
+        owner = self._owner(param)
+        if owner is None:
+            raise KeyError(param)
+        return owner[param]
+
+    def __setitem__(self, param, value):
+        owner = self._owner(param)
+        if owner is None:  # a parameter's first state: its part's groups
+            owner = next(opt.state for opt in self._parts if any(
+                p is param for g in opt.param_groups for p in g['params']))
+        owner[param] = value
+
+    def __delitem__(self, param):
+        owner = self._owner(param)
+        if owner is None:
+            raise KeyError(param)
+        del owner[param]
+
+    def __iter__(self):
+        return (p for opt in self._parts for p in opt.state)
+
+    def __len__(self):
+        return sum(len(opt.state) for opt in self._parts)
 
 
 class _AlphaGradSync:
@@ -117,7 +144,8 @@ class _AlphaGradSync:
 
     def backward(self, loss, **kwargs):
         super().backward(loss, **kwargs)
-        average_over_ranks(self.alpha)
+        if self.alpha is not None and self.alpha.grad is not None:
+            average_over_ranks(self.alpha.grad)
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -165,10 +193,8 @@ class RepNASOptimWrapperConstructor:
         self.weights = DefaultOptimWrapperConstructor(cfg, paramwise_cfg)
 
     def __call__(self, model) -> OptimWrapper:
-        from mmengine.model import is_model_wrapper
         wrapper = self.weights(model)
-        space = SearchSpace.for_model(
-            model.module if is_model_wrapper(model) else model)
+        space = SearchSpace.for_model(unwrap_model(model))
         alpha_opt = OPTIMIZERS.build(
             dict(self.alpha_optimizer_cfg, params=[space.alpha]))
         wrapper.optimizer = JointOptimizer(

@@ -16,27 +16,18 @@ pass, ``ds/dalpha = s (1 - s) / temperature`` in the backward pass (Eq. 12).
 Pruned branches are not run at all.
 """
 import weakref
-from typing import Dict, List, Optional, Union
+from typing import List, Optional, Union
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from repnas_mm.rep import ODBB
+from repnas_mm.rep import ODBB, named_odbbs
 from repnas_mm.rep.arch import Architecture, ArchLike, load_arch
 from repnas_mm.rep.presets import resolve_budget
 
 _SPACES: 'weakref.WeakKeyDictionary[nn.Module, SearchSpace]' = \
     weakref.WeakKeyDictionary()
-
-
-def find_blocks(model: nn.Module) -> Dict[str, ODBB]:
-    """Every multi-branch ODBB of ``model`` by module name, in module order."""
-    return {
-        name: m
-        for name, m in model.named_modules()
-        if isinstance(m, ODBB) and m.fused_conv is None
-    }
 
 
 class SearchSpace(nn.Module):
@@ -56,7 +47,7 @@ class SearchSpace(nn.Module):
                  temperature: float = 1.0,
                  seed: int = 0):
         super().__init__()
-        blocks = find_blocks(model)
+        blocks = named_odbbs(model, fused=False)
         if not blocks:
             raise ValueError(
                 'the model has no multi-branch ODBB to search over (is it '

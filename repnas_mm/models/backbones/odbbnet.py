@@ -7,9 +7,10 @@ from mmpretrain.models.backbones.base_backbone import BaseBackbone
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from repnas_mm.registry import register_model
-from repnas_mm.rep import ODBB, legal_branches, random_architecture
-from repnas_mm.rep.arch import Architecture, is_arch_file, load_arch
-from repnas_mm.rep.presets import canonical
+from repnas_mm.rep import ODBB, named_odbbs
+from repnas_mm.rep.arch import branches_per_block
+
+from ..loading import load_pretrained
 
 _GROUPED = tuple(range(2, 27, 2))  # RepVGG's interleaved group-conv layers
 
@@ -62,6 +63,8 @@ class ODBBNet(BaseBackbone):
             structure (extra ones, such as branches a search pruned, are
             ignored) or loading stops with an error naming what is missing;
             a multi-branch checkpoint loads into ``deploy=True`` by fusing.
+            Without ``checkpoint``, the one ``branches`` names: one setting
+            says which classification run a detector starts from.
     """
 
     arch_settings = {
@@ -109,6 +112,7 @@ class ODBBNet(BaseBackbone):
         self.norm_eval = norm_eval
         self.with_cp = with_cp
         self.deploy = deploy
+        self.structure_checkpoint = None  # set when branches= names a .pth
 
         shapes = self._block_shapes(in_channels)
         specs = self._block_branches(branches, shapes)
@@ -167,96 +171,35 @@ class ODBBNet(BaseBackbone):
 
     def _block_branches(self, branches, shapes) -> List:
         """One branch spec per block (a preset name or a strict list)."""
-        num = len(shapes)
         if isinstance(branches, str) and branches.endswith(('.pth', '.pt')):
-            # The architecture a RepNAS run's checkpoint carries.
+            # The architecture a RepNAS run's checkpoint carries (and, for
+            # init_cfg=Pretrained without a checkpoint, its weights).
             from repnas_mm.checkpoint import architecture_in_checkpoint
+            self.structure_checkpoint = branches
             branches = architecture_in_checkpoint(branches)
-        elif isinstance(branches, str) and not is_arch_file(branches):
-            return [branches] * num
-        if isinstance(branches, dict) and branches.get('type') == 'random':
-            legal = [legal_branches(cin, cout, s) for cin, cout, s, _ in shapes]
-            return random_architecture(legal, branches['budget'],
-                                       branches.get('seed', 0))
-        if isinstance(branches, (dict, Architecture)) or is_arch_file(
-                branches):
-            arch = load_arch(branches)
-            if arch.arch is not None and self.arch_name is not None and \
-                    arch.arch != self.arch_name:
-                raise ValueError(f'the architecture was searched on '
-                                 f'{arch.arch!r}, not {self.arch_name!r}')
-            per_block = arch.blocks
-        elif all(isinstance(b, str) for b in branches):
-            names = canonical(list(branches))
-            per_block = []
-            for i, (cin, cout, stride, _) in enumerate(shapes):
-                kept = tuple(n for n in names
-                             if n in legal_branches(cin, cout, stride))
-                if not kept:
-                    raise ValueError(f'block {i} ({cin} -> {cout}, stride '
-                                     f'{stride}) has no legal branch in '
-                                     f'{list(names)}')
-                per_block.append(kept)
-            return per_block
-        else:
-            per_block = [tuple(b) for b in branches]
-        if len(per_block) != num:
-            raise ValueError(f'{len(per_block)} branch lists given for '
-                             f'{num} blocks of ODBBNet-{self.arch_name}')
-        return per_block
+        return branches_per_block(branches, shapes, self.arch_name)
 
     # -- initialisation from a checkpoint ----------------------------------
     def init_weights(self):
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            checkpoint = cfg.get('checkpoint') or self.structure_checkpoint
+            if checkpoint is None:
+                raise ValueError(
+                    "init_cfg=dict(type='Pretrained') needs a checkpoint, "
+                    'or branches= naming the checkpoint of a RepNAS run')
             if not getattr(self, '_is_init', False):
-                self.load_pretrained(cfg['checkpoint'], cfg.get('prefix'))
+                self.load_pretrained(checkpoint, cfg.get('prefix'))
                 self._is_init = True
             return
         super().init_weights()
 
     def load_pretrained(self, checkpoint: str, prefix: str = None):
-        """Load this backbone's weights from a (classification) checkpoint.
-
-        ``prefix`` (e.g. ``'backbone.'``) selects the backbone's tensors.
-        """
+        """Load this backbone's weights from a (classification) checkpoint
+        (:func:`repnas_mm.models.loading.load_pretrained`)."""
         from mmengine.logging import print_log
-        from mmengine.runner.checkpoint import CheckpointLoader
-        loaded = CheckpointLoader.load_checkpoint(
-            checkpoint, map_location='cpu', logger='current')
-        state = loaded.get('state_dict', loaded)
-        if prefix:
-            state = {k[len(prefix):]: v for k, v in state.items()
-                     if k.startswith(prefix)}
-            if not state:
-                raise ValueError(f'{checkpoint} has no tensor under the '
-                                 f'prefix {prefix!r}')
-        fused = any(k.endswith('fused_conv.weight') for k in state)
-        if fused and not self.deploy:
-            raise ValueError(f'{checkpoint} holds a fused (deploy) network: '
-                             'it cannot initialise a multi-branch ODBBNet; '
-                             'build the backbone with deploy=True')
-        target = self
-        if self.deploy and not fused:
-            # Load the multi-branch twin of this network, then fuse it.
-            target = ODBBNet(
-                dict(self.arch, name=self.arch_name),
-                in_channels=self.stem.conv.in_channels,
-                branches=[b.branch_names for b in self.blocks()],
-                kernel_size=self.kernel_size,
-                # A shared main kernel is stored on the ODBB itself.
-                weight_sharing=any(k.endswith('.conv.weight') for k in state))
-        unused = _load_checked(target, state, checkpoint, self.arch_name)
-        if target is not self:
-            target.switch_to_deploy()
-            self.load_state_dict(target.state_dict(), strict=True)
-        print_log(
-            f'ODBBNet-{self.arch_name}: loaded {checkpoint}'
-            + (f' (prefix {prefix!r})' if prefix else '')
-            + (', fused' if target is not self else '')
-            + (f'; {unused} tensors of it are not part of this structure '
-               '(pruned branches)' if unused else ''),
-            logger='current')
+        done = load_pretrained(self, checkpoint, prefix)
+        print_log(f'ODBBNet-{self.arch_name}: {done}', logger='current')
 
     # -- running -----------------------------------------------------------
     def forward(self, x):
@@ -303,30 +246,7 @@ class ODBBNet(BaseBackbone):
 
     def blocks(self) -> List[ODBB]:
         """Every ODBB of the network, stem first (the search's order)."""
-        return [m for m in self.modules() if isinstance(m, ODBB)]
-
-
-def _load_checked(net, state, source, arch_name) -> int:
-    """Load ``state`` into ``net``; every tensor of ``net`` must be there.
-
-    Returns how many tensors of ``state`` ``net`` does not have.
-    """
-    own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    if missing:
-        raise ValueError(
-            f'{source} does not match ODBBNet-{arch_name} with this '
-            f'architecture: {len(missing)} of its {len(own)} tensors are '
-            f'missing, e.g. {missing[0]!r}. Is the checkpoint from another '
-            'arch, or from a search that kept other branches?')
-    for key, value in own.items():
-        if state[key].shape != value.shape:
-            raise ValueError(
-                f'{source} does not match ODBBNet-{arch_name}: {key!r} has '
-                f'shape {tuple(state[key].shape)} there, '
-                f'{tuple(value.shape)} here (another arch?)')
-    net.load_state_dict({k: state[k] for k in own}, strict=True)
-    return len(set(state) - set(own))
+        return list(named_odbbs(self).values())
 
 
 class ODBBLayer(nn.Module):

@@ -1,6 +1,5 @@
 """RepNASHook: drives a SearchSpace from the mmengine Runner."""
 import os.path as osp
-import random
 from collections import Counter
 from typing import Optional, Union
 
@@ -9,51 +8,15 @@ import torch
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from repnas_mm.rep import BRANCH_NAMES
 from repnas_mm.rep.arch import save_arch
 
+from .distributed import require_unused_parameters, unwrap_model
 from .figure import plot_architecture
+from .rng import global_rng_state, set_global_rng_state
 from .space import SearchSpace
-
-
-def _unwrap(model):
-    return model.module if is_model_wrapper(model) else model
-
-
-def _require_unused_parameters(runner, hook: str, why: str):
-    """DDP must tolerate parameters without gradient (skipped branches)."""
-    ddp = runner.model
-    if isinstance(ddp, torch.nn.parallel.DistributedDataParallel) and \
-            not ddp.find_unused_parameters:
-        raise RuntimeError(
-            f'{hook}: {why}; set model_wrapper_cfg=dict(type='
-            "'MMDistributedDataParallel', find_unused_parameters=True)")
-
-
-def _global_rng_state():
-    state = dict(
-        python=random.getstate(),
-        numpy=np.random.get_state(),
-        torch=torch.get_rng_state())
-    if torch.cuda.is_available():
-        state['cuda'] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_global_rng_state(state):
-    random.setstate(_as_tuple(state['python']))
-    np.random.set_state(_as_tuple(state['numpy']))
-    torch.set_rng_state(state['torch'])
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
-
-
-def _as_tuple(obj):
-    """random/np.random states are nested tuples; lists after a round trip."""
-    return tuple(_as_tuple(v) if isinstance(v, list) else v for v in obj)
 
 
 @HOOKS.register_module()
@@ -94,10 +57,11 @@ class RepNASHook(Hook):
         self.seed = seed
         self.arch_name = arch_name
         self.space: Optional[SearchSpace] = None
+        self._loaded: Optional[dict] = None  # a checkpoint's search state
 
     # -- set-up ----------------------------------------------------------------
     def before_run(self, runner):
-        model = _unwrap(runner.model)
+        model = unwrap_model(runner.model)
         self.space = SearchSpace.for_model(model)
         self.space.configure(self.budget, self.temperature, self.seed)
         if self.arch_name is None:
@@ -110,7 +74,7 @@ class RepNASHook(Hook):
             raise RuntimeError(
                 "RepNASHook: alpha is not optimized; set optim_wrapper's "
                 "constructor='RepNASOptimWrapperConstructor'")
-        _require_unused_parameters(runner, 'RepNASHook',
+        require_unused_parameters(runner, 'RepNASHook',
                                    'pruned branches get no gradient')
         print_log(
             f'RepNAS: {len(self.space.blocks)} blocks, '
@@ -182,18 +146,14 @@ class RepNASHook(Hook):
         checkpoint['repnas'] = dict(
             space=self.space.state_dict(),
             architecture=self.space.architecture(self.arch_name).to_dict(),
-            rng=_global_rng_state())
+            rng=global_rng_state())
 
     def after_load_checkpoint(self, runner, checkpoint):
-        """``--resume``: restore the whole search; ``load_from``: warm-start
-        alpha only (e.g. a detector continuing a classification search)."""
+        """Any loaded checkpoint's alpha comes in (tools/test.py evaluates
+        the architecture it chose); the rest waits for :meth:`before_train`.
+        """
         state = checkpoint.get('repnas')
         if state is None or self.space is None:
-            return
-        if getattr(runner, '_resume', False):
-            self.space.load_state_dict(state['space'])
-            # The data pipeline's random draws continue where they stopped.
-            _set_global_rng_state(state['rng'])
             return
         names = state['space']['_extra_state']['block_names']
         if names != self.space.block_names:
@@ -202,8 +162,22 @@ class RepNASHook(Hook):
             return
         with torch.no_grad():
             self.space.alpha.copy_(state['space']['alpha'])
-        print_log('RepNAS: alpha warm-started from the loaded checkpoint',
-                  logger='current')
+        self._loaded = state
+
+    def before_train(self, runner):
+        """``--resume`` (the Runner restored a later iteration): the whole
+        search continues; ``load_from`` (iteration 0): alpha was
+        warm-started, e.g. a detector continuing a classification search."""
+        state, self._loaded = self._loaded, None
+        if state is None:
+            return
+        if runner.iter > 0:
+            self.space.load_state_dict(state['space'])
+            # The data pipeline's random draws continue where they stopped.
+            set_global_rng_state(state['rng'])
+        else:
+            print_log('RepNAS: alpha warm-started from the loaded checkpoint',
+                      logger='current')
 
     # -- logging helpers -----------------------------------------------------------
     def _kept_summary(self, mask) -> str:
@@ -219,100 +193,3 @@ class RepNASHook(Hook):
         counts, edges = np.histogram(alpha, bins=bins)
         return (f'in [{edges[0]:.4f}, {edges[-1]:.4f}], histogram '
                 + ' '.join(str(c) for c in counts))
-
-
-@HOOKS.register_module()
-class DyRepHook(Hook):
-    """DyRep (dynamic re-parameterization) as a training hook.
-
-    The model starts from its main ``kxk`` branches alone (the original
-    network, e.g. after ``ODBBConverted``); every ``interval`` epochs the
-    weak branches are de-parameterized and the most salient block(s) grow
-    to ``grow_to``, each time without changing the model's eval-mode
-    function. Optimizer state of removed parameters is dropped; the current
-    structure goes into checkpoints and comes back before weights load.
-
-    Args: see :class:`repnas_mm.search.dyrep.DyRep`; ``interval`` in epochs.
-    """
-    priority = 'ABOVE_NORMAL'
-
-    def __init__(self,
-                 interval: int = 1,
-                 grow_to='dbb',
-                 metric: str = 'synflow',
-                 num_grow=1,
-                 bn_scale: float = 0.01,
-                 deparam_ratio: float = 0.05,
-                 input_size: int = 64):
-        self.interval = interval
-        self.policy_args = dict(
-            grow_to=grow_to,
-            metric=metric,
-            num_grow=num_grow,
-            bn_scale=bn_scale,
-            deparam_ratio=deparam_ratio,
-            input_size=input_size)
-        self.policy = None
-        self.history = []
-
-    def before_run(self, runner):
-        from .dyrep import DyRep
-        if self.policy is not None:
-            return
-        self.policy = DyRep(_unwrap(runner.model), **self.policy_args)
-        _require_unused_parameters(runner, 'DyRepHook',
-                                   'inactive branches get no gradient')
-        self.policy.start()
-        self._record(runner, 0, 'start')
-
-    def after_train_epoch(self, runner):
-        epoch = runner.epoch + 1
-        if epoch % self.interval or epoch >= runner.max_epochs:
-            return
-        events = self.policy.step()
-        optimizer = getattr(runner.optim_wrapper, 'optimizer', None)
-        for param in events['released']:
-            param.grad = None
-            if optimizer is not None:
-                optimizer.state.pop(param, None)
-        self._record(runner, epoch, events)
-        print_log(
-            f'DyRep epoch {epoch}: grew {self._names(events["grown"])}, '
-            f'de-parameterized {self._names(events["removed"])}; '
-            f'{self.policy.num_branches()} branches in '
-            f'{len(self.policy.blocks)} blocks',
-            logger='current')
-
-    def after_train(self, runner):
-        if is_main_process():
-            import json
-
-            from repnas_mm.atomic import atomic_path
-            with atomic_path(osp.join(runner.work_dir,
-                                      'dyrep_history.json')) as tmp:
-                with open(tmp, 'w') as f:
-                    json.dump(self.history, f, indent=2)
-
-    def before_save_checkpoint(self, runner, checkpoint):
-        checkpoint['dyrep'] = dict(
-            structure=self.policy.structure(), history=self.history)
-
-    def after_load_checkpoint(self, runner, checkpoint):
-        state = checkpoint.get('dyrep')
-        if state is None or self.policy is None:
-            return
-        self.policy.load_structure(state['structure'])
-        self.history = list(state['history'])
-        print_log(f'DyRep: structure restored ({self.policy.num_branches()} '
-                  'branches)', logger='current')
-
-    def _record(self, runner, epoch, events):
-        entry = dict(epoch=epoch, branches=self.policy.num_branches())
-        if isinstance(events, dict):
-            entry['grown'] = [n for n, _ in events['grown']]
-            entry['removed'] = [[n, b] for n, b in events['removed']]
-        self.history.append(entry)
-
-    @staticmethod
-    def _names(items):
-        return ', '.join(f'{n} {list(b)}' for n, b in items) or 'nothing'
