@@ -12,22 +12,18 @@ _base_ = 'mmdet::centernet/centernet_r18-dcnv2_8xb16-crop512-140e_coco.py'
 
 custom_imports = dict(imports=['repnas_mm'], allow_failed_imports=False)
 
-# The classification run this detector starts from. To use another, override
-# model.backbone.branches and model.backbone.init_cfg.checkpoint (--cfg-options).
-classification_run = 'work_dirs/odbb_a0_imagenet'
 model = dict(
     backbone=dict(
         _delete_=True,
         type='ODBBNet',
         arch='A0',
-        # the searched architecture (a searched_arch.json, or the run's
-        # checkpoint, which carries it) is rebuilt before weights load
-        branches=classification_run + '/searched_arch.json',
+        # The classification search this detector starts from: its checkpoint carries the
+        # searched architecture (rebuilt first) and the weights (Pretrained, below). Another
+        # run is this one override: --cfg-options model.backbone.branches=<run>/epoch_N.pth
+        branches='work_dirs/odbb_a0_imagenet/epoch_150.pth',
         out_indices=(3, ),
-        init_cfg=dict(
-            type='Pretrained',
-            checkpoint=classification_run + '/epoch_150.pth',
-            prefix='backbone.')),
+        # no checkpoint: the one `branches` names
+        init_cfg=dict(type='Pretrained', prefix='backbone.')),
     neck=dict(in_channels=1280))
 
 # CenterNet's recipe for the small backbone (RepNAS Table 1): batch 114, Adam lr 5e-4,

@@ -4,12 +4,9 @@
 #   bash tools/dist_train.sh configs/centernet_odbb_b3_coco.py 8
 _base_ = './centernet_odbb_a0_coco.py'
 
-classification_run = 'work_dirs/odbb_b3_imagenet'
 model = dict(
     backbone=dict(
-        arch='B3',
-        branches=classification_run + '/searched_arch.json',
-        init_cfg=dict(checkpoint=classification_run + '/epoch_240.pth')),
+        arch='B3', branches='work_dirs/odbb_b3_imagenet/epoch_240.pth'),
     neck=dict(in_channels=2560))
 train_dataloader = dict(batch_size=12)  # x 8 GPUs = 96
 optim_wrapper = dict(optimizer=dict(lr=3.75e-4))

@@ -1,11 +1,13 @@
 # DyRep, short CIFAR-10 run: mmpretrain's CIFAR ResNet-18 converted as in
 # dyrep_resnet18_imagenet.py, on class-per-folder images (the layout of
-# ../shared/data/cifar10_mini: train/<class>/*.jpg, val/<class>/*.jpg), 20 epochs, growing every
+# tests/data/cifar10_tiny: train/<class>/*.jpg, val/<class>/*.jpg), 20 epochs, growing every
 # 2 epochs. Set data_root (or --cfg-options) to your folder.
 #   python tools/train.py configs/dyrep_resnet18_cifar10.py \
-#       --cfg-options train_dataloader.dataset.data_root=../shared/data/cifar10_mini \
-#                     val_dataloader.dataset.data_root=../shared/data/cifar10_mini
-_base_ = 'mmpretrain::resnet/resnet18_8xb16_cifar10.py'
+#       --cfg-options train_dataloader.dataset.data_root=path/to/cifar10_classes \
+#                     val_dataloader.dataset.data_root=path/to/cifar10_classes
+_base_ = [
+    'mmpretrain::resnet/resnet18_8xb16_cifar10.py', './_base_/settings/dyrep.py'
+]
 
 custom_imports = dict(imports=['repnas_mm'], allow_failed_imports=False)
 
@@ -57,16 +59,4 @@ param_scheduler = dict(
     by_epoch=True,
     convert_to_iter_based=True)
 train_cfg = dict(max_epochs=max_epochs)
-custom_hooks = [
-    dict(
-        type='DyRepHook',
-        interval=2,
-        grow_to='dbb',
-        metric='synflow',
-        num_grow=2,
-        bn_scale=0.01,
-        deparam_ratio=0.05,
-        input_size=32)
-]
-model_wrapper_cfg = dict(
-    type='MMDistributedDataParallel', find_unused_parameters=True)
+custom_hooks = [dict(_base_.dyrep_hook, interval=2, num_grow=2, input_size=32)]

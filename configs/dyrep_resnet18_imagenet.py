@@ -4,7 +4,9 @@
 # (synflow) to the DBB branches, each time without changing the network's function; fused at
 # the end (tools/deploy.py), it is the stock ResNet-18 again (loads with strict=True).
 #   bash tools/dist_train.sh configs/dyrep_resnet18_imagenet.py 8
-_base_ = 'mmpretrain::resnet/resnet18_8xb32_in1k.py'
+_base_ = [
+    'mmpretrain::resnet/resnet18_8xb32_in1k.py', './_base_/settings/dyrep.py'
+]
 
 custom_imports = dict(imports=['repnas_mm'], allow_failed_imports=False)
 
@@ -19,16 +21,3 @@ model = dict(
             out_indices=(3, ),
             style='pytorch'),
         branches='dbb'))
-custom_hooks = [
-    dict(
-        type='DyRepHook',
-        interval=5,
-        grow_to='dbb',
-        metric='synflow',
-        num_grow=1,
-        bn_scale=0.01,
-        deparam_ratio=0.05)
-]
-# Inactive branches get no gradient in an iteration.
-model_wrapper_cfg = dict(
-    type='MMDistributedDataParallel', find_unused_parameters=True)

@@ -6,21 +6,10 @@
 # work_dir/searched_arch.json (+ .png) is the result, fused with tools/deploy.py.
 #   python tools/train.py configs/odbb_a0_imagenet.py
 #   bash tools/dist_train.sh configs/odbb_a0_imagenet.py 8
-_base_ = './baselines/odbb_a0_full_imagenet.py'
-
-custom_hooks = [
-    dict(
-        type='RepNASHook',
-        budget=66,  # a count, or a float ratio of all legal branches
-        temperature=1.0,
-        warmup_epochs=0,
-        fix_epoch=120,
-        seed=0)
+_base_ = [
+    './baselines/odbb_a0_full_imagenet.py', './_base_/settings/repnas_search.py'
 ]
-optim_wrapper = dict(
-    constructor='RepNASOptimWrapperConstructor',
-    alpha_optimizer=dict(
-        type='Adam', lr=1e-4, betas=(0.5, 0.999), weight_decay=0.0))
-# Pruned branches get no gradient in an iteration.
-model_wrapper_cfg = dict(
-    type='MMDistributedDataParallel', find_unused_parameters=True)
+
+optim_wrapper = _base_.repnas_optim_wrapper
+# Budget 66: RepVGG-A0's branch count (Table 4); fixed for the last 20% of training.
+custom_hooks = [dict(_base_.repnas_hook, budget=66, fix_epoch=120)]

@@ -4,4 +4,4 @@ _base_ = './odbb_a0_imagenet.py'
 
 model = dict(
     backbone=dict(arch='A2'), head=dict(in_channels=1408))
-custom_hooks = [dict(type='RepNASHook', budget=66, fix_epoch=120, seed=0)]
+custom_hooks = [dict(_base_.repnas_hook, budget=66, fix_epoch=120)]

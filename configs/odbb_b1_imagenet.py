@@ -4,4 +4,4 @@ _base_ = './odbb_a0_imagenet.py'
 
 model = dict(
     backbone=dict(arch='B1'), head=dict(in_channels=2048))
-custom_hooks = [dict(type='RepNASHook', budget=84, fix_epoch=120, seed=0)]
+custom_hooks = [dict(_base_.repnas_hook, budget=84, fix_epoch=120)]

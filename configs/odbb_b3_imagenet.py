@@ -4,7 +4,7 @@ _base_ = './odbb_a0_imagenet.py'
 
 model = dict(
     backbone=dict(arch='B3'), head=dict(in_channels=2560))
-custom_hooks = [dict(type='RepNASHook', budget=84, fix_epoch=192, seed=0)]
+custom_hooks = [dict(_base_.repnas_hook, budget=84, fix_epoch=192)]
 max_epochs = 240
 param_scheduler = dict(T_max=max_epochs, end=max_epochs)
 train_cfg = dict(max_epochs=max_epochs)

@@ -2,14 +2,10 @@
 # Budget 39 branches for the 13 blocks (RepVGG's three per block); Adam for alpha as on ImageNet;
 # architecture fixed from epoch 480, then the searched network trains on.
 #   python tools/train.py configs/odbb_vgg16_cifar10.py
-_base_ = './baselines/odbb_vgg16_full_cifar10.py'
-
-custom_hooks = [
-    dict(type='RepNASHook', budget=39, temperature=1.0, fix_epoch=480, seed=0)
+_base_ = [
+    './baselines/odbb_vgg16_full_cifar10.py',
+    './_base_/settings/repnas_search.py'
 ]
-optim_wrapper = dict(
-    constructor='RepNASOptimWrapperConstructor',
-    alpha_optimizer=dict(
-        type='Adam', lr=1e-4, betas=(0.5, 0.999), weight_decay=0.0))
-model_wrapper_cfg = dict(
-    type='MMDistributedDataParallel', find_unused_parameters=True)
+
+optim_wrapper = _base_.repnas_optim_wrapper
+custom_hooks = [dict(_base_.repnas_hook, budget=39, fix_epoch=480)]

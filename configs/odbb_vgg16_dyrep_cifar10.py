@@ -11,11 +11,5 @@ model = dict(
         weight_sharing=False),
     head=dict(in_channels=512))
 custom_hooks = [
-    dict(
-        type='DyRepHook',
-        interval=2,
-        grow_to='full',
-        metric='synflow',
-        num_grow=2,
-        input_size=32)
+    dict(_base_.dyrep_hook, interval=2, grow_to='full', num_grow=2, input_size=32)
 ]

@@ -127,16 +127,19 @@ def _searched_twin(run):
 
 @pytest.mark.slow
 def test_mode_searched_multibranch(searched_classifier):
-    """Mode 1: the searched branches, the checkpoint's weights."""
+    """Mode 1: the searched branches, the checkpoint's weights.
+
+    One setting names the classification run: ``branches=`` its checkpoint
+    (which carries the architecture); the config's ``Pretrained`` init has
+    no checkpoint of its own and takes that one.
+    """
     from mmdet.registry import MODELS
     run = searched_classifier
     ckpt = run / 'epoch_2.pth'
-    detector = MODELS.build(
-        _det_model_cfg(
-            dict(
-                arch=DEMO_ARCH,
-                branches=str(ckpt),  # the checkpoint carries its arch
-                init_cfg=dict(checkpoint=str(ckpt)))))
+    model = _det_model_cfg(dict(arch=DEMO_ARCH, branches=str(ckpt)))
+    assert model.backbone.init_cfg == dict(type='Pretrained',
+                                           prefix='backbone.')
+    detector = MODELS.build(model)
     detector.init_weights()
     searched = json.loads((run / 'searched_arch.json').read_text())
     blocks = [b.branch_names for b in detector.backbone.blocks()]

@@ -125,8 +125,7 @@ def main(argv=None):
     banner('3/5 detect: CenterNet fine-tuned from the searched backbone')
     det_dir = work / 'detector'
     det_options = [
-        f'model.backbone.branches={cls_dir}/searched_arch.json',
-        f'model.backbone.init_cfg.checkpoint={cls_ckpt}',
+        f'model.backbone.branches={cls_ckpt}',  # its arch and its weights
         f'train_dataloader.dataset.dataset.data_root={det_root}/',
         f'val_dataloader.dataset.data_root={det_root}/',
         f'test_dataloader.dataset.data_root={det_root}/',

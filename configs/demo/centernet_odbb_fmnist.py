@@ -7,7 +7,6 @@ _base_ = '../centernet_odbb_a0_nodcn_coco.py'
 classes = ('T-shirt_top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal',
            'Shirt', 'Sneaker', 'Bag', 'Ankle_boot')
 data_root = 'data/demo/fmnist_det/'
-classification_run = 'work_dirs/demo/classifier'
 model = dict(
     data_preprocessor=dict(mean=[72.94] * 3, std=[90.02] * 3),
     backbone=dict(
@@ -18,8 +17,7 @@ model = dict(
             channels=(16, 32, 64, 128),
             num_blocks=(1, 2, 2, 1),
             strides=(2, 2, 2, 2)),
-        branches=classification_run + '/searched_arch.json',
-        init_cfg=dict(checkpoint=classification_run + '/epoch_6.pth')),
+        branches='work_dirs/demo/classifier/epoch_6.pth'),
     neck=dict(in_channels=128, num_deconv_filters=(64, 32, 32)),
     bbox_head=dict(num_classes=10, in_channels=32, feat_channels=32))
 

@@ -56,7 +56,7 @@ test_evaluator = val_evaluator
 optim_wrapper = dict(optimizer=dict(lr=0.05), alpha_optimizer=dict(lr=0.02))
 max_epochs = 6
 custom_hooks = [
-    dict(type='RepNASHook', budget=0.5, warmup_epochs=1, fix_epoch=4, seed=0)
+    dict(_base_.repnas_hook, budget=0.5, warmup_epochs=1, fix_epoch=4)
 ]
 param_scheduler = dict(T_max=max_epochs, end=max_epochs)
 train_cfg = dict(max_epochs=max_epochs, val_interval=1)

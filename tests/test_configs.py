@@ -1,0 +1,123 @@
+"""The configs inherit as documented: one place for each setting.
+
+Search and DyRep settings live in ``configs/_base_/settings/``; every
+per-arch config derives its hook from there, so a change to the fragment
+reaches all of them. These tests edit a copy of ``configs/`` and read every
+config back with mmengine.
+"""
+import shutil
+from pathlib import Path
+
+import pytest
+from mmengine.config import Config
+
+from .conftest import REPO
+
+SEARCH = ['odbb_a0_imagenet.py', 'odbb_a1_imagenet.py', 'odbb_a2_imagenet.py',
+          'odbb_b1_imagenet.py', 'odbb_b2_imagenet.py', 'odbb_b3_imagenet.py',
+          'odbb_vgg16_cifar10.py', 'centernet_odbb_a0_search_coco.py',
+          'demo/odbb_fmnist_cls.py']
+DYREP = ['odbb_a0_dyrep_imagenet.py', 'odbb_vgg16_dyrep_cifar10.py',
+         'dyrep_resnet18_imagenet.py', 'dyrep_resnet18_cifar10.py']
+# What each config sets itself (the rest comes from the fragment).
+OWN = {
+    'odbb_a0_imagenet.py': dict(budget=66, fix_epoch=120),
+    'odbb_a1_imagenet.py': dict(budget=66, fix_epoch=120),
+    'odbb_a2_imagenet.py': dict(budget=66, fix_epoch=120),
+    'odbb_b1_imagenet.py': dict(budget=84, fix_epoch=120),
+    'odbb_b2_imagenet.py': dict(budget=84, fix_epoch=120),
+    'odbb_b3_imagenet.py': dict(budget=84, fix_epoch=192),
+    'odbb_vgg16_cifar10.py': dict(budget=39, fix_epoch=480),
+    'centernet_odbb_a0_search_coco.py': dict(budget=66, fix_epoch=18),
+    'demo/odbb_fmnist_cls.py': dict(budget=0.5, fix_epoch=4, warmup_epochs=1),
+    'odbb_a0_dyrep_imagenet.py': dict(grow_to='full', interval=5),
+    'odbb_vgg16_dyrep_cifar10.py': dict(grow_to='full', interval=2),
+    'dyrep_resnet18_imagenet.py': dict(grow_to='dbb', interval=5),
+    'dyrep_resnet18_cifar10.py': dict(grow_to='dbb', interval=2),
+}
+# The demo's few epochs need a faster alpha (its own setting).
+ALPHA_LR = {'demo/odbb_fmnist_cls.py': 0.02}
+
+
+def _hook(cfg, kind):
+    hooks = [h for h in cfg.get('custom_hooks', []) if h['type'] == kind]
+    assert len(hooks) == 1, cfg.get('custom_hooks')
+    return hooks[0]
+
+
+@pytest.fixture
+def configs_copy(tmp_path):
+    return Path(shutil.copytree(REPO / 'configs', tmp_path / 'configs'))
+
+
+def test_every_config_reads_and_search_configs_are_complete():
+    names = sorted(p.relative_to(REPO / 'configs').as_posix()
+                   for p in (REPO / 'configs').rglob('*.py')
+                   if '_base_' not in p.parts)
+    assert set(SEARCH + DYREP) <= set(names)
+    for name in names:
+        cfg = Config.fromfile(REPO / 'configs' / name)
+        assert 'model' in cfg, name
+    for name in SEARCH:
+        cfg = Config.fromfile(REPO / 'configs' / name)
+        hook = _hook(cfg, 'RepNASHook')
+        assert {k: hook[k] for k in OWN[name]} == OWN[name], name
+        assert hook['temperature'] == 1.0 and hook['seed'] == 0, name
+        assert cfg.optim_wrapper.constructor == \
+            'RepNASOptimWrapperConstructor', name
+        assert cfg.optim_wrapper.alpha_optimizer.lr == ALPHA_LR.get(
+            name, 1e-4), name
+        assert cfg.model_wrapper_cfg.find_unused_parameters, name
+    for name in DYREP:
+        cfg = Config.fromfile(REPO / 'configs' / name)
+        hook = _hook(cfg, 'DyRepHook')
+        assert {k: hook[k] for k in OWN[name]} == OWN[name], name
+        assert hook['metric'] == 'synflow' and hook['bn_scale'] == 0.01
+        assert cfg.model_wrapper_cfg.find_unused_parameters, name
+
+
+def _edit(path, old, new):
+    text = path.read_text()
+    assert old in text, (path, old)
+    path.write_text(text.replace(old, new))
+
+
+def test_a_change_to_the_search_fragment_reaches_every_search_config(
+        configs_copy):
+    fragment = configs_copy / '_base_' / 'settings' / 'repnas_search.py'
+    _edit(fragment, 'temperature=1.0,', 'temperature=0.37,')
+    _edit(fragment, 'seed=0)', 'seed=5)')
+    _edit(fragment, 'type=\'Adam\', lr=1e-4,', 'type=\'Adam\', lr=3e-4,')
+    for name in SEARCH:
+        cfg = Config.fromfile(configs_copy / name)
+        hook = _hook(cfg, 'RepNASHook')
+        assert hook['temperature'] == 0.37 and hook['seed'] == 5, name
+        assert {k: hook[k] for k in OWN[name]} == OWN[name], name
+        assert cfg.optim_wrapper.alpha_optimizer.lr == ALPHA_LR.get(
+            name, 3e-4), name
+
+
+def test_a_change_to_the_dyrep_fragment_reaches_every_dyrep_config(
+        configs_copy):
+    fragment = configs_copy / '_base_' / 'settings' / 'dyrep.py'
+    _edit(fragment, 'bn_scale=0.01,', 'bn_scale=0.02,')
+    _edit(fragment, "metric='synflow',", "metric='snip',")
+    for name in DYREP:
+        hook = _hook(Config.fromfile(configs_copy / name), 'DyRepHook')
+        assert hook['bn_scale'] == 0.02 and hook['metric'] == 'snip', name
+        assert {k: hook[k] for k in OWN[name]} == OWN[name], name
+
+
+def test_one_override_names_the_classification_run():
+    """The CenterNet configs start from a run through one key."""
+    run = 'work_dirs/other_run/epoch_7.pth'
+    for name in ('centernet_odbb_a0_coco.py', 'centernet_odbb_b3_coco.py',
+                 'centernet_odbb_a0_nodcn_coco.py',
+                 'centernet_odbb_a0_fused_coco.py'):
+        cfg = Config.fromfile(REPO / 'configs' / name)
+        cfg.merge_from_dict({'model.backbone.branches': run})
+        backbone = cfg.model.backbone
+        # The weights come from the checkpoint `branches` names.
+        assert backbone.branches == run
+        assert 'checkpoint' not in backbone.init_cfg, name
+        assert backbone.init_cfg.type == 'Pretrained'
