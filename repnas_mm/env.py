@@ -26,7 +26,8 @@ PACKAGES = (
     ('onnx', 'ONNX', True),
     ('onnxruntime', 'ONNX Runtime', True),
     ('matplotlib', 'Matplotlib', True),
-    ('mmdeploy', 'MMDeploy', False),
+    ('mmdeploy', 'MMDeploy', True),
+    ('mmdeploy_runtime', 'MMDeploy SDK runtime', True),
 )
 
 

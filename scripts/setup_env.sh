@@ -5,8 +5,8 @@
 #   VENV=/path/to/env scripts/setup_env.sh   # install into an existing environment instead
 #
 # Steps: venv -> torch -> mmcv 2.1.0 with compiled ops (built once by scripts/build_mmcv.py and
-# cached outside the repo) -> the rest of the stack -> repnas_mm (editable) -> a check that
-# everything imports and mmcv's ops are compiled.
+# cached outside the repo) -> the rest of the stack -> mmdeploy + mmdeploy-runtime (--no-deps) ->
+# repnas_mm (editable) -> a check that everything imports and mmcv's ops are compiled.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,7 +16,7 @@ REQ="$ROOT/requirements"
 PIP_FLAGS=(--disable-pip-version-check --no-input)
 START=$(date +%s)
 STEP=""
-NSTEPS=6
+NSTEPS=7
 I=0
 
 step() {
@@ -60,6 +60,9 @@ step "OpenMMLab stack and tools ($REQ/runtime.txt, $REQ/tests.txt)"
 # --only-binary mmcv: never let pip try the (unbuildable) sdist; the wheel comes from our cache.
 "${PIP[@]}" install -q --find-links "$WHEEL_DIR" --only-binary mmcv \
   -c "$REQ/torch.txt" -r "$REQ/runtime.txt" -r "$REQ/tests.txt"
+
+step "mmdeploy and its SDK runtime, without their pins ($REQ/deploy.txt)"
+"${PIP[@]}" install -q --no-deps -r "$REQ/deploy.txt"
 
 step "repnas_mm (editable)"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"

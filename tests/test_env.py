@@ -82,8 +82,13 @@ def test_collect_env_check_passes():
     proc = run_tool('tools/collect_env.py', '--check')
     out = proc.stdout
     for name in ('PyTorch', 'MMEngine', 'MMCV', 'MMDetection', 'MMPretrain',
-                 'ONNX Runtime', 'repnas_mm'):
+                 'ONNX Runtime', 'MMDeploy', 'MMDeploy SDK runtime',
+                 'repnas_mm'):
         assert name in out
+    # mmdeploy and its SDK runtime are installed by `make setup` (--no-deps).
+    for line in out.splitlines():
+        if line.startswith('MMDeploy'):
+            assert line.split(':', 1)[1].strip() == '1.3.1', line
     ops_line = next(ln for ln in out.splitlines() if ln.startswith('MMCV ops'))
     assert 'compiled with' in ops_line
 

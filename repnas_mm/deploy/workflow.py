@@ -194,15 +194,8 @@ def _write_onnx(cfg, fused, checkpoint, inputs, work_dir, tolerance, log):
     log(f'[deploy] wrote {path} (opset {onnx_info["opset_version"]}, dynamic '
         f'batch/height/width) and deploy.json, pipeline.json, detail.json; '
         f'ONNX Runtime vs PyTorch: max relative error {error:.2e}')
-    try:
-        import mmdeploy  # noqa: F401
-    except ImportError:
-        log('[deploy] mmdeploy is not installed: the mmdeploy-style files '
-            'above were written by repnas_mm (mmdeploy 1.3.1 pins protobuf '
-            '3.20 and onnx 1.17, which conflict with the onnxruntime pinned '
-            'here)')
-    else:
-        log('[deploy] mmdeploy is installed; this tool does not call its '
-            'export API (untested here), the folder above follows its SDK '
-            'layout')
+    log('[deploy] note: deploy.json, pipeline.json and detail.json are written '
+        'by repnas_mm in mmdeploy\'s layout, not by mmdeploy\'s export2SDK, '
+        'and are not checked in mmdeploy\'s runtime (export through '
+        'mmdeploy is an open issue)')
     return dict(onnx=path, onnx_error=error)
