@@ -237,3 +237,21 @@ def test_convert_checkpoint_needs_trust_and_writes_plain_data(tmp_path):
     assert back['message_hub']['log_scalars']['loss'].data[0].tolist() == [
         1.0, 0.5]
     assert not list(tmp_path.glob('*.part'))
+
+
+def test_unreadable_files_are_one_clear_error(tmp_path):
+    """Truncated, empty or foreign files: a CheckpointError naming the file
+    (tools print it in one line), whatever torch's reader raised."""
+    from repnas_mm.checkpoint import CheckpointError, load_checkpoint_safely
+    whole = tmp_path / 'whole.pth'
+    torch.save({'state_dict': {'w': torch.randn(64, 64)}}, whole)
+    data = whole.read_bytes()
+    cases = {'half.pth': data[:len(data) // 2], 'head.pth': data[:100],
+             'empty.pth': b'', 'text.pth': b'hello world' * 10}
+    for name, content in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(CheckpointError,
+                           match=f'cannot read checkpoint .*{name}'):
+            load_checkpoint_safely(str(path))
+    assert set(load_checkpoint_safely(str(whole))) == {'state_dict'}

@@ -88,7 +88,9 @@ def load_checkpoint_safely(source, map_location=None, name=None):
     except Exception as exc:  # noqa: BLE001 - the reader fails many ways
         # A truncated zip raises RuntimeError or OSError, a foreign file
         # KeyError or EOFError: to the user they are all the same problem.
-        reason = str(exc).split('\n')[0][:120] or type(exc).__name__
+        # torch's own message, first sentence (its advice is for other cases)
+        reason = str(exc).split('\n')[0].split('. ')[0][:160] or \
+            type(exc).__name__
         raise CheckpointError(
             f'cannot read checkpoint {name}: not a complete torch checkpoint '
             f'(truncated or corrupt?): {reason}') from None
