@@ -260,3 +260,11 @@ def test_fused_detector_returns_the_same_detections(tmp_path, coco8):
             assert (got.bboxes - ref.bboxes).abs().max() <= 1e-2
             compared += 1
     assert compared == 4  # the four coco8 validation photos
+
+
+def test_pretrained_without_a_checkpoint_needs_a_run_in_branches():
+    from repnas_mm.errors import UserError
+    net = ODBBNet('A0', branches='dbb',
+                  init_cfg=dict(type='Pretrained', prefix='backbone.'))
+    with pytest.raises(UserError, match='needs a checkpoint'):
+        net.init_weights()

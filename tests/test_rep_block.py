@@ -262,3 +262,13 @@ def test_gate_folded_into_bn_equals_bn_times_gate(bn_type, momentum,
     assert torch.allclose(bn.running_mean, ref_bn.running_mean)
     assert torch.allclose(bn.running_var, ref_bn.running_var)
     assert bn.num_batches_tracked == ref_bn.num_batches_tracked
+
+
+def test_output_tensors_walks_nested_outputs_in_a_fixed_order():
+    from repnas_mm.rep.outputs import output_tensors
+    a, b, c = torch.zeros(1), torch.ones(1), torch.full((1, ), 2.0)
+    out = (a, {'z': c, 'y': [b]})
+    assert [t.item() for t in output_tensors(out)] == [0.0, 1.0, 2.0]
+    with pytest.raises(TypeError, match='str'):
+        output_tensors((a, 'text'))
+    assert output_tensors((a, 'text', None), strict=False) == [a]

@@ -6,6 +6,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from repnas_mm.rep.outputs import output_tensors
+
 from .model import DeployError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
@@ -77,15 +79,11 @@ def collect_batches(cfg, images: Optional[Sequence[str]] = None,
 
 
 def flatten(outputs) -> List[torch.Tensor]:
-    """Tensors of a nested tuple/list/dict output, in a fixed order."""
-    if isinstance(outputs, torch.Tensor):
-        return [outputs]
-    if isinstance(outputs, dict):
-        return [t for k in sorted(outputs) for t in flatten(outputs[k])]
-    if isinstance(outputs, (list, tuple)):
-        return [t for o in outputs for t in flatten(o)]
-    raise DeployError(f'cannot compare a model output of type '
-                      f'{type(outputs).__name__}')
+    """:func:`~repnas_mm.rep.outputs.output_tensors`, as a DeployError."""
+    try:
+        return output_tensors(outputs)
+    except TypeError as exc:
+        raise DeployError(f'cannot compare the outputs: {exc}') from None
 
 
 def model_inputs(model, batch) -> torch.Tensor:

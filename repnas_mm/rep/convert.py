@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .block import MAIN, ODBB
+from .outputs import output_tensors
 
 
 # -- conversion -----------------------------------------------------------
@@ -194,7 +195,7 @@ def convert_to_odbb(model: nn.Module,
         example = torch.zeros(1, first.in_channels, 64, 64)
     probe = torch.randn(example.shape,
                         generator=torch.Generator().manual_seed(0)).to(example)
-    before = _flat_outputs(_run_eval(model, probe))
+    before = output_tensors(_run_eval(model, probe), strict=False)
     reparameterizable = _self_reparameterizing(model)
     converted, skipped, inside = [], [], []
     for conv_name, bn_name in find_conv_bn_pairs(model, example):
@@ -245,7 +246,7 @@ def convert_to_odbb(model: nn.Module,
         warnings.warn(f'convert_to_odbb left {len(inside)} KxK conv(s) as '
                       'they are, inside blocks that re-parameterize '
                       f'themselves: {_some(inside)}')
-    after = _flat_outputs(_run_eval(model, probe))
+    after = output_tensors(_run_eval(model, probe), strict=False)
     if len(before) != len(after) or any(
             not torch.allclose(a, b, rtol=1e-4, atol=1e-5)
             for a, b in zip(after, before)):
@@ -275,17 +276,6 @@ def _self_reparameterizing(model: nn.Module) -> List[str]:
             callable(getattr(m, verb, None))
             for verb in REPARAMETERIZE_VERBS)
     ]
-
-
-def _flat_outputs(out) -> List[torch.Tensor]:
-    """The tensors in a (nested) model output."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in _flat_outputs(o)]
-    return []
 
 
 def restore_conv_bn(model: nn.Module) -> int:

@@ -34,6 +34,7 @@ from repnas_mm.rep.surgery import absorb, bn_scale_ratio, grow
 from repnas_mm.rep.presets import resolve_branches
 
 from repnas_mm.rep.block import named_odbbs
+from repnas_mm.rep.outputs import output_tensors
 
 from .distributed import average_over_ranks
 
@@ -45,17 +46,7 @@ def _forward_sum(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     # mmengine models take mode='tensor' for raw outputs; others take x.
     takes_mode = 'mode' in inspect.signature(model.forward).parameters
     out = model(x, mode='tensor') if takes_mode else model(x)
-    stack = [out]
-    total = 0.0
-    while stack:
-        item = stack.pop()
-        if isinstance(item, torch.Tensor):
-            total = total + item.sum()
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-    return total
+    return sum(t.sum() for t in output_tensors(out, strict=False))
 
 
 class DyRep:

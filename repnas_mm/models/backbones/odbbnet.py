@@ -6,6 +6,7 @@ import torch.utils.checkpoint as cp
 from mmpretrain.models.backbones.base_backbone import BaseBackbone
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from repnas_mm.errors import UserError
 from repnas_mm.registry import register_model
 from repnas_mm.rep import ODBB, named_odbbs
 from repnas_mm.rep.arch import branches_per_block
@@ -185,7 +186,7 @@ class ODBBNet(BaseBackbone):
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
             checkpoint = cfg.get('checkpoint') or self.structure_checkpoint
             if checkpoint is None:
-                raise ValueError(
+                raise UserError(
                     "init_cfg=dict(type='Pretrained') needs a checkpoint, "
                     'or branches= naming the checkpoint of a RepNAS run')
             if not getattr(self, '_is_init', False):
