@@ -25,12 +25,13 @@ def test_demo_pipeline_quick(tmp_path):
     assert 'mAP@50' in summary['detection bbox mAP (CocoMetric)']
     fused_error = float(
         summary['fused vs training-time, max relative error'].split()[0])
-    onnx_error = float(summary['ONNX Runtime vs PyTorch, max relative error'])
-    assert fused_error <= 1e-4 and onnx_error <= 1e-4
+    ort_error, sdk_error = (float(e.rstrip(',')) for e in summary[
+        'mmdeploy export vs PyTorch (ONNX Runtime, SDK)'].split()[:2])
+    assert fused_error <= 1e-4 and ort_error <= 1e-3 and sdk_error <= 1e-3
     # The fused detector runs fewer ops than the 22-branch one: faster.
     assert float(summary['fused vs training-time speed'].split('x')[0]) > 1
     for name, path in summary['artifacts'].items():
-        assert Path(path).is_file(), name
+        assert Path(path).exists(), name
     # The data sets are what the summary says they are.
     det = json.loads((tmp_path / 'det' / 'instances_val.json').read_text())
     assert len(det['images']) == 16 and len(det['categories']) == 10

@@ -10,12 +10,14 @@ from repnas_mm.deploy.model import build_model
 from repnas_mm.rep import random_architecture
 from repnas_mm.rep.arch import Architecture, save_arch
 
-from .conftest import REPO, run_tool
+from .conftest import REPO, cls_data_options, run_tool
 from .equivalence import randomize_bn
 
 A0_CFG = REPO / 'configs' / 'odbb_a0_imagenet.py'
 DET_CFG = REPO / 'configs' / 'centernet_odbb_a0_nodcn_coco.py'
 DCN_CFG = REPO / 'configs' / 'centernet_odbb_a0_coco.py'
+DEPLOY_CFGS = REPO / 'configs' / 'deploy'
+SEARCH_CFG = REPO / 'tests' / 'configs' / 'odbb_cls_cifar10_tiny.py'
 
 
 def trained_checkpoint(cfg_path, path, searched=False, seed=0):
@@ -44,24 +46,46 @@ def val_images(root):
     return [str(root / 'val' / c) for c in ('cat', 'ship')]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('searched', [False, True], ids=['full', 'searched'])
-def test_classifier_deploy_verifies_and_matches_onnxruntime(
-        tmp_path, cifar10_tiny, searched):
-    ckpt = trained_checkpoint(A0_CFG, tmp_path / 'a0.pth', searched)
-    result = deploy(str(A0_CFG), str(ckpt), str(tmp_path / 'out'),
-                    images=val_images(cifar10_tiny), num_images=2, onnx=True)
-    assert result['images'] == 2
-    assert result['fused_error'] <= 1e-4 and result['onnx_error'] <= 1e-4
-    out = tmp_path / 'out'
+def assert_sdk_folder(out, codebase):
+    """mmdeploy's export2SDK files, and no temporary folder left."""
     for name in ('end2end.onnx', 'deploy.json', 'pipeline.json',
-                 'detail.json', 'odbb_a0_imagenet_fused.pth',
-                 'odbb_a0_imagenet_deploy.py'):
+                 'detail.json'):
         assert (out / name).is_file(), name
     detail = json.loads((out / 'detail.json').read_text())
-    assert detail['onnx_config']['opset_version'] >= 17
-    assert detail['onnx_config']['dynamic_axes']['input']['0'] == 'batch'
-    assert detail['codebase']['codebase'] == 'mmpretrain'
+    assert detail['codebase']['codebase'] == codebase
+    assert detail['onnx_config']['opset_version'] == 17
+    tasks = json.loads((out / 'pipeline.json').read_text())['pipeline'][
+        'tasks']
+    sdk_codebase = {'mmpretrain': 'mmcls'}.get(codebase, codebase)
+    assert [t['module'] for t in tasks] == ['Transform', 'Net', sdk_codebase]
+    assert not list(out.glob('.mmdeploy-*')) and not list(out.glob('*.part'))
+    return detail
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('searched,deploy_cfg', [
+    (False, None),
+    (True, 'classification_onnxruntime_static.py'),
+], ids=['full-dynamic', 'searched-static'])
+def test_classifier_deploy_exports_through_mmdeploy(tmp_path, cifar10_tiny,
+                                                    searched, deploy_cfg):
+    ckpt = trained_checkpoint(A0_CFG, tmp_path / 'a0.pth', searched)
+    result = deploy(str(A0_CFG), str(ckpt), str(tmp_path / 'out'),
+                    images=val_images(cifar10_tiny), num_images=2, onnx=True,
+                    deploy_cfg=deploy_cfg and str(DEPLOY_CFGS / deploy_cfg))
+    assert result['images'] == 2 and result['fused_error'] <= 1e-4
+    # mmdeploy's ONNX Runtime backend and its SDK, on the real images.
+    assert result['onnxruntime_error'] <= 1e-3
+    assert result['sdk_error'] <= 1e-3
+    out = tmp_path / 'out'
+    detail = assert_sdk_folder(out, 'mmpretrain')
+    if deploy_cfg:
+        assert detail['onnx_config']['input_shape'] == [224, 224]
+    else:
+        assert detail['onnx_config']['dynamic_axes']['input'] == {
+            '0': 'batch'}
+    for name in ('odbb_a0_imagenet_fused.pth', 'odbb_a0_imagenet_deploy.py'):
+        assert (out / name).is_file(), name
     # The deploy config records the kept branches of every block.
     from mmengine.config import Config
     backbone = Config.fromfile(out / 'odbb_a0_imagenet_deploy.py') \
@@ -69,11 +93,10 @@ def test_classifier_deploy_verifies_and_matches_onnxruntime(
     assert backbone.deploy is True
     kept = sum(len(b) for b in backbone.branches)
     assert kept == (66 if searched else 149)
-    assert not list(out.glob('*.part'))
 
 
 @pytest.mark.slow
-def test_detector_deploy_verifies_and_matches_onnxruntime(tmp_path, coco8):
+def test_detector_deploy_exports_through_mmdeploy(tmp_path, coco8):
     from repnas_mm.models import ODBBNet
     legal = [b.branch_names
              for b in ODBBNet('A0', branches='full', deploy=True).blocks()]
@@ -86,9 +109,65 @@ def test_detector_deploy_verifies_and_matches_onnxruntime(tmp_path, coco8):
     ckpt = trained_checkpoint(cfg, tmp_path / 'det.pth')
     result = deploy(str(cfg), str(ckpt), str(tmp_path / 'out'),
                     images=[str(coco8 / 'val')], num_images=2, onnx=True)
-    assert result['fused_error'] <= 1e-4 and result['onnx_error'] <= 1e-4
-    assert json.loads((tmp_path / 'out' / 'detail.json').read_text())[
-        'codebase']['task'] == 'ObjectDetection'
+    assert result['fused_error'] <= 1e-4
+    # Top-10 detections: same labels, boxes and scores within 1e-3.
+    assert result['onnxruntime_error'] <= 1e-3
+    assert result['sdk_error'] <= 1e-3
+    detail = assert_sdk_folder(tmp_path / 'out', 'mmdet')
+    assert detail['codebase']['task'] == 'ObjectDetection'
+    assert detail['onnx_config']['output_names'] == ['dets', 'labels']
+
+
+@pytest.mark.slow
+def test_mmdeploy_fuses_a_search_checkpoint_itself(tmp_path, cifar10_tiny):
+    """mmdeploy's own path (build_pytorch_model, torch2onnx), handed the
+    training-time config and an unfused RepNAS checkpoint, gets the searched
+    network: its blocks fuse the kept branches only (one Conv each in the
+    graph) and compute what tools/deploy.py's fused model computes."""
+    import onnx
+    from mmdeploy.apis import torch2onnx
+    from mmdeploy.apis.utils import build_task_processor
+    from mmdeploy.utils import load_config
+    from repnas_mm.config import read_config
+    from repnas_mm.deploy.mmdeploy_export import \
+        torchscript_exporter_by_default
+    from repnas_mm.deploy.model import load_for_deploy
+    from repnas_mm.deploy.verify import (collect_batches, model_inputs,
+                                         raw_outputs, relative_error)
+    from repnas_mm.rep import named_odbbs, reparameterize_model
+    work = tmp_path / 'search'
+    run_tool('tools/train.py', SEARCH_CFG, '--work-dir', work,
+             '--cfg-options', 'train_cfg.max_epochs=1',
+             *cls_data_options(cifar10_tiny))
+    ckpt = str(work / 'epoch_1.pth')
+    searched = {
+        b['name']: tuple(b['branches'])
+        for b in torch.load(ckpt, weights_only=False)['repnas'][
+            'architecture']['blocks']
+    }
+    assert sum(len(b) for b in searched.values()) == 22  # of 44 built
+    deploy_cfg, model_cfg = load_config(
+        str(DEPLOY_CFGS / 'classification_onnxruntime_dynamic.py'),
+        str(SEARCH_CFG))
+    task = build_task_processor(model_cfg, deploy_cfg, 'cpu')
+    theirs = task.build_pytorch_model(ckpt)
+    blocks = named_odbbs(theirs)
+    assert not named_odbbs(theirs, fused=False)
+    assert {n: b.branch_names for n, b in blocks.items()} == searched
+    ours, _ = load_for_deploy(read_config(str(SEARCH_CFG)), ckpt)
+    reparameterize_model(ours)
+    batches = collect_batches(read_config(str(SEARCH_CFG)),
+                              val_images(cifar10_tiny), 2)
+    inputs = [model_inputs(ours, b) for b in batches]
+    assert relative_error(
+        [t for x in inputs for t in raw_outputs(theirs, x)],
+        [t for x in inputs for t in raw_outputs(ours, x)]) <= 1e-6
+    image = str(next((cifar10_tiny / 'val' / 'cat').iterdir()))
+    with torchscript_exporter_by_default():
+        torch2onnx(image, str(tmp_path), 'end2end.onnx', deploy_cfg,
+                   model_cfg, ckpt, device='cpu')
+    graph = onnx.load(str(tmp_path / 'end2end.onnx')).graph
+    assert sum(n.op_type == 'Conv' for n in graph.node) == len(blocks) == 7
 
 
 @pytest.mark.slow
@@ -224,23 +303,93 @@ def test_failed_checks_leave_nothing_behind(tmp_path, cifar10_tiny):
                num_images=1, tolerance=0.0)
     assert not (tmp_path / 'a').exists() or not any(
         (tmp_path / 'a').iterdir())
-    # ONNX parity fails: the checkpoint stands, no ONNX file, no temp file.
-    from repnas_mm.deploy import workflow
-    real = workflow.relative_error
-    calls = []
-
-    def strict_onnx(got, ref):
-        calls.append(1)
-        return 1.0 if len(calls) == 2 else real(got, ref)
-
-    workflow.relative_error = strict_onnx
+    # The mmdeploy export disagrees: the checkpoint stands, no SDK file,
+    # no temporary folder.
+    from repnas_mm.deploy import mmdeploy_export
+    real = mmdeploy_export.compare
+    mmdeploy_export.compare = lambda *a: dict(onnxruntime=0.0, sdk=0.5)
     try:
-        with pytest.raises(DeployError, match='no ONNX file was written'):
+        with pytest.raises(DeployError, match='nothing was written'):
             deploy(str(A0_CFG), str(ckpt), str(tmp_path / 'b'),
                    images=images, num_images=1, onnx=True)
     finally:
-        workflow.relative_error = real
+        mmdeploy_export.compare = real
     out = tmp_path / 'b'
     assert (out / 'odbb_a0_imagenet_fused.pth').is_file()
-    assert not (out / 'end2end.onnx').exists()
-    assert not list(out.glob('*.part')) and not list(out.glob('*.onnx*'))
+    assert sorted(p.name for p in out.iterdir()) == [
+        'odbb_a0_imagenet_deploy.py', 'odbb_a0_imagenet_fused.pth']
+
+
+def test_exporter_default_is_torchscript_only_inside_the_context(monkeypatch):
+    from repnas_mm.deploy.mmdeploy_export import \
+        torchscript_exporter_by_default
+    calls = []
+    monkeypatch.setattr(torch.onnx, 'export',
+                        lambda *a, **kw: calls.append(kw.get('dynamo')))
+    recorder = torch.onnx.export
+    with torchscript_exporter_by_default():
+        torch.onnx.export(None, (), 'x.onnx')  # as mmdeploy 1.3 calls it
+        torch.onnx.export(None, (), 'x.onnx', dynamo=True)  # asks for it
+    torch.onnx.export(None, (), 'x.onnx')
+    assert calls == [False, True, None]
+    assert torch.onnx.export is recorder
+
+
+def test_default_deploy_configs_follow_the_codebase():
+    from mmengine.config import Config
+    from repnas_mm.deploy import DeployError
+    from repnas_mm.deploy.mmdeploy_export import default_deploy_config
+    for model_cfg, codebase in ((A0_CFG, 'mmpretrain'), (DET_CFG, 'mmdet')):
+        path = default_deploy_config(Config.fromfile(model_cfg))
+        deploy_cfg = Config.fromfile(path)
+        assert deploy_cfg.codebase_config.type == codebase
+        assert deploy_cfg.onnx_config.input_shape is None  # dynamic
+        assert deploy_cfg.onnx_config.dynamic_axes.input[0] == 'batch'
+    with pytest.raises(DeployError, match='--deploy-cfg'):
+        default_deploy_config(Config(dict(default_scope='mmseg')))
+
+
+def test_export_gaps_catch_wrong_labels_boxes_and_classes():
+    import numpy as np
+    from repnas_mm.deploy.mmdeploy_export import (_detection_gap,
+                                                  _sdk_score_gap)
+    boxes = np.array([[10., 10, 50, 50], [10, 10, 50, 50], [60, 0, 90, 30]])
+    scores = np.array([0.9, 0.5, 0.4])
+    labels = np.array([3, 7, 1])
+    ref = (boxes, scores, labels)
+    shape = (100, 200, 3)
+    # Identical, and identical up to the order of the detections.
+    assert _detection_gap(ref, ref, shape) == 0.0
+    order = [1, 2, 0]
+    assert _detection_gap(ref, (boxes[order], scores[order], labels[order]),
+                          shape) == 0.0
+    # A box corner 2 px off on a 200 px side; a score 0.01 off.
+    moved = boxes.copy()
+    moved[2, 0] += 2
+    assert _detection_gap(ref, (moved, scores, labels), shape) == \
+        pytest.approx(0.01)
+    assert _detection_gap(ref, (boxes, scores + [0, 0.01, 0], labels),
+                          shape) == pytest.approx(0.01)
+    # A box reaching outside the image (mmdet leaves it) equals its clipped
+    # form (mmdeploy's graph and SDK clip).
+    outside = boxes.copy()
+    outside[2] = [60, -16, 210, 30]
+    clipped = boxes.copy()
+    clipped[2] = [60, 0, 200, 30]
+    assert _detection_gap((outside, scores, labels),
+                          (clipped, scores, labels), shape) == 0.0
+    # One centred outside the image is not compared (the SDK drops it).
+    away = boxes.copy()
+    away[0] = [210, 10, 250, 50]
+    assert _detection_gap((away, scores, labels),
+                          (boxes[1:], scores[1:], labels[1:]), shape) == 0.0
+    assert _detection_gap(ref, (boxes[1:], scores[1:], labels[1:]),
+                          shape) == 1.0
+    # Labels the way the numpy-1 SDK binding reads them under numpy 2.
+    assert _detection_gap(ref, (boxes, scores, np.full(3, 1)), shape) == 1.0
+    # Classifiers: the SDK's (label, score) list against PyTorch's scores.
+    probs = np.array([0.1, 0.7, 0.2])
+    assert _sdk_score_gap(probs, [(1, 0.7), (2, 0.2)]) == pytest.approx(0.0)
+    assert _sdk_score_gap(probs, [(1, 0.69)]) == pytest.approx(0.01)
+    assert _sdk_score_gap(probs, [(2, 0.7)]) == 1.0
+    assert _sdk_score_gap(probs, []) == 1.0

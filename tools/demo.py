@@ -11,7 +11,7 @@ Every step runs the command-line tool a user would run:
                small ODBBNet classifier under a branch budget (+ figure)
   3. detect    tools/train.py configs/demo/centernet_odbb_fmnist.py: CenterNet
                fine-tuned from the searched backbone, COCO mAP (CocoMetric)
-  4. deploy    tools/deploy.py --onnx: fuse, verify, ONNX + ONNX Runtime
+  4. deploy    tools/deploy.py --onnx: fuse, verify, mmdeploy SDK folder
   5. latency   tools/benchmark_latency.py: training-time vs fused vs ORT vs
                ResNet backbones
 The summary at the end is read from the files those runs wrote.
@@ -138,7 +138,7 @@ def main(argv=None):
          '--cfg-options', *det_options, *train_det], work / '3_detect.log')
     det_ckpt = last_checkpoint(det_dir)
 
-    banner('4/5 deploy: fuse, verify on real images, ONNX + ONNX Runtime')
+    banner('4/5 deploy: fuse, verify on real images, export with mmdeploy')
     deploy_dir = work / 'deploy'
     run([py, 'tools/deploy.py', DET_CONFIG, det_ckpt, '--work-dir',
          deploy_dir, '--onnx', '--num-images', 2 if quick else 8,
@@ -189,8 +189,9 @@ def collect_summary(cls_dir, det_dir, deploy_dir, latency_dir) -> dict:
         deployed = json.load(f)
     summary['fused vs training-time, max relative error'] = (
         f'{deployed["fused_error"]:.1e} on {deployed["images"]} images')
-    summary['ONNX Runtime vs PyTorch, max relative error'] = \
-        f'{deployed["onnx_error"]:.1e}'
+    summary['mmdeploy export vs PyTorch (ONNX Runtime, SDK)'] = (
+        f'{deployed["onnxruntime_error"]:.1e}, {deployed["sdk_error"]:.1e} '
+        '(top-10 detections: box corners / image side, scores)')
     with open(latency_dir / 'latency.json') as f:
         latency = json.load(f)
     results = latency['results']
@@ -208,6 +209,7 @@ def collect_summary(cls_dir, det_dir, deploy_dir, latency_dir) -> dict:
         'fused detector': deployed['checkpoint'],
         'deploy config': deployed['config'],
         'ONNX model': deployed['onnx'],
+        'mmdeploy SDK folder': deployed['sdk_dir'],
         'latency table': str(latency_dir / 'latency.md'),
         'latency chart': str(latency_dir / 'latency.png'),
     }

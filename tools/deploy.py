@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Fuse a trained model, verify it, write it for deployment, and time it.
 
-    python tools/deploy.py CONFIG CHECKPOINT --work-dir DIR [--onnx]
+    python tools/deploy.py CONFIG CHECKPOINT --work-dir DIR
+        [--onnx [--deploy-cfg configs/deploy/...py] [--export-tolerance 1e-3]]
         [--images FILE_OR_DIR ...] [--format {repnas,mmpretrain-repvgg}]
         [--tolerance 1e-4] [--benchmark]
 
@@ -11,11 +12,13 @@ Steps: load (the checkpoint's searched architecture first, then its weights)
 (exit 1 above the tolerance) -> write DIR/<config>_fused.pth and
 DIR/<config>_deploy.py (deploy=True; tools/test.py evaluates them) ->
 --format mmpretrain-repvgg: also a checkpoint + config for stock mmpretrain
-RepVGG deploy -> --onnx: DIR/end2end.onnx (opset 17, dynamic batch), checked
-in ONNX Runtime against PyTorch, with mmdeploy-style deploy/pipeline/detail
-json. DIR/deploy_result.json records what was measured. Every file is
-written atomically. --benchmark then runs
-tools/benchmark_latency.py on the config.
+RepVGG deploy -> --onnx: mmdeploy exports the fused model (its torch2onnx
+and export2SDK, with a deploy config from configs/deploy/) into an mmdeploy
+SDK folder (end2end.onnx, deploy.json, pipeline.json, detail.json in DIR),
+moved into place only after mmdeploy's ONNX Runtime backend and its SDK
+(mmdeploy_runtime) agreed with PyTorch on the real images (exit 1 otherwise).
+DIR/deploy_result.json records what was measured. Every file is written
+atomically. --benchmark then runs tools/benchmark_latency.py on the config.
 """
 import argparse
 
@@ -41,7 +44,21 @@ def parse_args(argv=None):
         type=float,
         default=1e-4,
         help='max relative error allowed (fused, RepVGG and ONNX vs PyTorch)')
-    parser.add_argument('--onnx', action='store_true')
+    parser.add_argument(
+        '--onnx',
+        action='store_true',
+        help='export through mmdeploy into an SDK folder (verified)')
+    parser.add_argument(
+        '--deploy-cfg',
+        help='mmdeploy deploy config (default: configs/deploy/'
+        '{classification,detection}_onnxruntime_dynamic.py)')
+    parser.add_argument(
+        '--export-tolerance',
+        type=float,
+        default=1e-3,
+        help='max gap of mmdeploy\'s ONNX Runtime backend and SDK to '
+        'PyTorch: class scores, or top-10 detections\' scores and box '
+        'corners (fraction of the image side)')
     parser.add_argument(
         '--format', choices=('repnas', 'mmpretrain-repvgg'), default='repnas')
     parser.add_argument(
@@ -66,6 +83,8 @@ def main(argv=None):
         num_images=args.num_images,
         tolerance=args.tolerance,
         onnx=args.onnx,
+        deploy_cfg=args.deploy_cfg,
+        export_tolerance=args.export_tolerance,
         fmt=args.format,
         cfg_options=args.cfg_options)
     if args.benchmark:

@@ -86,11 +86,13 @@ def load_for_deploy(cfg, checkpoint: str):
     info = dict(already_fused=holds_fused(state))
     if info['already_fused']:
         reparameterize_model(model, inplace=True)
-    else:
-        structure = saved_structure(loaded)
-        if structure is not None:
-            info['searched_branches'] = _apply_structure(model, structure)
     info['unused_tensors'] = load_checked(model, state, checkpoint,
                                           f'the model of {cfg.filename}')
+    # The searched structure a RepNAS or DyRep run recorded beside the
+    # weights has the last word (the blocks' saved branch masks say the
+    # same in checkpoints of this version; older ones have none).
+    structure = None if info['already_fused'] else saved_structure(loaded)
+    if structure is not None:
+        info['searched_branches'] = _apply_structure(model, structure)
     info['meta'] = loaded.get('meta', {})
     return model.eval(), info

@@ -12,9 +12,11 @@ from repnas_mm.rep import named_odbbs, reparameterize_model
 
 from .interop import to_repvgg_config, to_repvgg_state_dict
 from .model import DeployError, build_model_unchecked, load_for_deploy
-from .onnx import (export_onnx, run_onnxruntime, write_json,
-                   write_mmdeploy_files)
-from .verify import collect_batches, model_inputs, raw_outputs, relative_error
+from .mmdeploy_export import (default_deploy_config, export_sdk,
+                              image_paths_of)
+from .onnx import refuse_unexportable, write_json
+from .verify import (collect_batches, image_files, model_inputs, raw_outputs,
+                     relative_error)
 
 
 def deploy_config(cfg, model):
@@ -67,12 +69,6 @@ def _num_blocks(backbone_cfg) -> int:
     return 1 + sum(arch['num_blocks'])
 
 
-def _task(cfg):
-    scope = cfg.get('default_scope', 'mmpretrain')
-    return ('ObjectDetection', 'mmdet') if scope == 'mmdet' else (
-        'Classification', 'mmpretrain')
-
-
 def save_checkpoint(state_dict, meta, path):
     with atomic_path(path) as tmp:
         torch.save({'meta': meta, 'state_dict': state_dict}, tmp)
@@ -92,18 +88,27 @@ def deploy(config: str,
            onnx: bool = False,
            fmt: str = 'repnas',
            cfg_options: Optional[dict] = None,
+           deploy_cfg: Optional[str] = None,
+           export_tolerance: float = 1e-3,
            log: Callable[[str], None] = print) -> dict:
     """Load, fuse, verify and write a model; return what was measured.
 
-    Raises :class:`DeployError` (nothing written for the failed step) when
-    the fused model, the RepVGG copy or the ONNX model differ from the
-    training-time model by more than ``tolerance`` (relative).
+    ``onnx=True`` then exports the fused model through mmdeploy with
+    ``deploy_cfg`` (default: ``configs/deploy/``'s dynamic-shape ONNX
+    Runtime config for the config's task) and checks the export in
+    mmdeploy's ONNX Runtime backend and SDK (:func:`export_sdk`, within
+    ``export_tolerance``). Raises :class:`DeployError` (nothing written for
+    the failed step) when the fused model or the RepVGG copy differ from
+    the training-time model by more than ``tolerance`` (relative), or the
+    export from PyTorch by more than ``export_tolerance``.
     """
     from mmengine.config import Config
     cfg = read_config(config, cfg_options)
     name = osp.splitext(osp.basename(config))[0]
     if fmt == 'mmpretrain-repvgg':
         to_repvgg_config(cfg)  # refuse an ineligible model before any work
+    if onnx:  # refuse what cannot be exported before any work
+        deploy_cfg = deploy_cfg or default_deploy_config(cfg)
     model, info = load_for_deploy(cfg, checkpoint)
     log(f'[deploy] loaded {checkpoint}: {len(named_odbbs(model))} ODBBs'
         + (', already fused' if info['already_fused'] else '')
@@ -114,6 +119,8 @@ def deploy(config: str,
     inputs = [model_inputs(model, b) for b in batches]
     reference = [raw_outputs(model, x) for x in inputs]
     fused = reparameterize_model(model)
+    if onnx:
+        refuse_unexportable(fused)
     error = relative_error(
         [t for x in inputs for t in raw_outputs(fused, x)],
         [t for r in reference for t in r])
@@ -145,8 +152,11 @@ def deploy(config: str,
         result.update(_write_repvgg(cfg, fused, meta, inputs, work_dir, name,
                                     tolerance, log))
     if onnx:
-        result.update(_write_onnx(cfg, fused, checkpoint, inputs, work_dir,
-                                  tolerance, log))
+        paths = image_files(images)[:num_images] if images else \
+            image_paths_of(batches)
+        result.update(
+            export_sdk(deploy_cfg, fused_cfg, fused_ckpt, paths, work_dir,
+                       export_tolerance, log))
     write_json(result, osp.join(work_dir, 'deploy_result.json'))
     return result
 
@@ -171,31 +181,3 @@ def _write_repvgg(cfg, fused, meta, inputs, work_dir, name, tolerance, log):
         f'loads it strictly, max relative error {error:.2e}')
     return dict(repvgg_checkpoint=ckpt, repvgg_config=path,
                 repvgg_error=error)
-
-
-def _write_onnx(cfg, fused, checkpoint, inputs, work_dir, tolerance, log):
-    path = osp.join(work_dir, 'end2end.onnx')
-    expected = [raw_outputs(fused, x) for x in inputs]
-
-    def parity(onnx_file):
-        got = run_onnxruntime(onnx_file, inputs)
-        error = relative_error([t for g in got for t in g],
-                               [t for e in expected for t in e])
-        if error > tolerance:
-            raise DeployError(f'ONNX Runtime differs from PyTorch: max '
-                              f'relative error {error:.2e} > {tolerance:g}; '
-                              'no ONNX file was written')
-        return error
-
-    onnx_info = export_onnx(fused, inputs[0], path, check=parity)
-    error = onnx_info.pop('parity_error')
-    task, codebase = _task(cfg)
-    write_mmdeploy_files(work_dir, cfg, checkpoint, onnx_info, task, codebase)
-    log(f'[deploy] wrote {path} (opset {onnx_info["opset_version"]}, dynamic '
-        f'batch/height/width) and deploy.json, pipeline.json, detail.json; '
-        f'ONNX Runtime vs PyTorch: max relative error {error:.2e}')
-    log('[deploy] note: deploy.json, pipeline.json and detail.json are written '
-        'by repnas_mm in mmdeploy\'s layout, not by mmdeploy\'s export2SDK, '
-        'and are not checked in mmdeploy\'s runtime (export through '
-        'mmdeploy is an open issue)')
-    return dict(onnx=path, onnx_error=error)

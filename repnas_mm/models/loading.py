@@ -12,6 +12,7 @@ from typing import Optional
 import torch.nn as nn
 
 from repnas_mm.checkpoint import CheckpointError
+from repnas_mm.rep.block import ODBB
 
 
 class CheckpointMismatch(CheckpointError, ValueError):
@@ -30,6 +31,10 @@ def load_checked(module: nn.Module, state: dict, source: str,
     ``source`` names the checkpoint and ``target`` the model in the error.
     """
     own = module.state_dict()
+    # Checkpoints from before ODBBs saved their branch mask lack it; the
+    # block keeps the branches it was built with.
+    own = {k: v for k, v in own.items()
+           if k in state or not k.endswith('.' + ODBB.MASK)}
     missing = [k for k in own if k not in state]
     if missing:
         raise CheckpointMismatch(
@@ -43,7 +48,12 @@ def load_checked(module: nn.Module, state: dict, source: str,
                 f'{source} does not match {target}: {key!r} has shape '
                 f'{tuple(state[key].shape)} there, {tuple(value.shape)} here '
                 '(another arch?)')
-    module.load_state_dict({k: state[k] for k in own}, strict=True)
+    try:
+        module.load_state_dict({k: state[k] for k in own},
+                               strict=len(own) == len(module.state_dict()))
+    except ValueError as exc:  # e.g. a branch mask that keeps nothing
+        raise CheckpointMismatch(f'{source} does not match {target}: '
+                                 f'{exc}') from None
     return len(set(state) - set(own))
 
 

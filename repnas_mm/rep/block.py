@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .branches import NormLayer, build_branch
+from .branches import BRANCH_NAMES, NormLayer, build_branch
 from .presets import BranchSpec, canonical, resolve_branches
 from .transforms import KernelBias, add_branches
 
@@ -74,6 +74,7 @@ class ODBB(nn.Module):
         self.deploy = deploy
         if deploy:
             self.fused_conv = self._make_fused_conv()
+            self.register_buffer(self.MASK, None)
             return
         self.fused_conv = None
         share = weight_sharing and any(n in SHAREABLE
@@ -91,6 +92,7 @@ class ODBB(nn.Module):
                                norm_layer)
             for name in self.branch_names
         })
+        self.register_buffer(self.MASK, self._mask())
 
     def _make_fused_conv(self) -> nn.Conv2d:
         return nn.Conv2d(
@@ -118,6 +120,41 @@ class ODBB(nn.Module):
             raise ValueError(f'branch {missing[0]!r} is not in this block '
                              f'(it has {self.branch_names})')
         self._active = names
+
+    # -- the architecture travels with the weights -------------------------
+    # ``branch_mask`` (bool, one entry per branch type of BRANCH_NAMES: kept
+    # or not; the same length whatever the block built) is saved with the
+    # weights, so that a loader that knows nothing of repnas_mm and fuses
+    # after loading (mmdeploy's build_pytorch_model calls switch_to_deploy)
+    # fuses the branches a search kept, not every branch the config built.
+    # A buffer, not extra state: state dicts stay all tensors (EMA, .to(),
+    # tools that clone them). It is written from ``active`` when saving and
+    # read into ``active`` when loading; RepNASHook saves the searched
+    # architecture in it (mid-search, ``active`` is only the last sampled
+    # mask). A fused block has none, so fused checkpoints are, tensor for
+    # tensor, RepVGG deploy's.
+    MASK = 'branch_mask'
+
+    def _mask(self) -> Tensor:
+        return torch.tensor([n in self._active for n in BRANCH_NAMES])
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if self.branch_mask is not None:
+            self.branch_mask.copy_(self._mask())
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata,
+                              strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        mask = state_dict.get(prefix + self.MASK)
+        if self.branch_mask is not None and mask is not None and \
+                mask.shape == self.branch_mask.shape:
+            # ValueError if it keeps a branch this block did not build.
+            self.active = [n for n, keep in zip(BRANCH_NAMES, mask.tolist())
+                           if keep]
+        super()._load_from_state_dict(state_dict, prefix, local_metadata,
+                                      strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def set_gates(self, gates: Optional[Tensor]):
         """Multiply each branch output by a gate (or ``None``: by nothing).
@@ -175,6 +212,7 @@ class ODBB(nn.Module):
         conv.weight.data.copy_(kernel)
         conv.bias.data.copy_(bias)
         del self.branches
+        self.branch_mask = None
         self.weight = None
         self.gates = None
         self.branch_names = self._active

@@ -10,7 +10,7 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 
-from repnas_mm.rep import BRANCH_NAMES
+from repnas_mm.rep import BRANCH_NAMES, ODBB
 from repnas_mm.rep.arch import save_arch
 
 from .distributed import require_unused_parameters, unwrap_model
@@ -143,10 +143,18 @@ class RepNASHook(Hook):
 
     # -- checkpoints -----------------------------------------------------------
     def before_save_checkpoint(self, runner, checkpoint):
+        arch = self.space.architecture(self.arch_name)
         checkpoint['repnas'] = dict(
             space=self.space.state_dict(),
-            architecture=self.space.architecture(self.arch_name).to_dict(),
+            architecture=arch.to_dict(),
             rng=global_rng_state())
+        # Each block's saved branch mask is the searched architecture, so
+        # loaders that fuse after loading (mmdeploy) fuse that.
+        state = checkpoint.get('state_dict', {})
+        for name, kept in zip(self.space.block_names, arch.blocks):
+            key = f'{name}.{ODBB.MASK}'
+            if key in state:
+                state[key] = torch.tensor([n in kept for n in BRANCH_NAMES])
 
     def after_load_checkpoint(self, runner, checkpoint):
         """Any loaded checkpoint's alpha comes in (tools/test.py evaluates
