@@ -90,7 +90,7 @@ def test_a_change_to_the_search_fragment_reaches_every_search_config(
         configs_copy):
     fragment = configs_copy / '_base_' / 'settings' / 'repnas_search.py'
     _edit(fragment, 'temperature=1.0,', 'temperature=0.37,')
-    _edit(fragment, 'seed=0)', 'seed=5)')
+    _edit(fragment, 'seed=0,', 'seed=5,')
     _edit(fragment, 'type=\'Adam\', lr=1e-4,', 'type=\'Adam\', lr=3e-4,')
     for name in SEARCH:
         cfg = Config.fromfile(configs_copy / name)

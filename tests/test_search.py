@@ -285,6 +285,10 @@ def test_real_short_search_writes_arch_and_figure(tmp_path, cifar10_tiny):
     log = proc.stdout + proc.stderr
     assert 'RepNAS: 7 blocks, 44 legal branches, budget 22' in log
     assert 'architecture fixed at epoch 1' in log
+    # The search's validation (epoch 1) re-estimates BN statistics; the
+    # fixed architecture's (epoch 2) uses its own.
+    assert log.count('BN statistics re-estimated on 16 training images') \
+        == 1
     arch = json.loads((work / 'searched_arch.json').read_text())
     assert arch['budget'] == 22 and arch['num_branches'] == 22
     assert sum(len(b['branches']) for b in arch['blocks']) == 22
@@ -370,3 +374,80 @@ def test_stop_and_resume_reproduces_masks_and_alpha(tmp_path, cifar10_tiny):
         assert ra['mask'] == rb['mask'], ra['iter']
         assert ra['alpha'] == pytest.approx(rb['alpha'], abs=1e-6)
     assert not math.isclose(sum(map(abs, a[-1]['alpha'])), 0.0)
+
+
+def _demo_model_and_loader(root):
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+    from mmengine.runner import Runner
+    cfg = Config.fromfile(SEARCH_CFG)
+    cfg.train_dataloader.dataset.data_root = str(root)
+    init_default_scope('mmpretrain')
+    torch.manual_seed(0)
+    return MODELS.build(cfg.model), Runner.build_dataloader(
+        cfg.train_dataloader)
+
+
+def test_bn_recalibration_estimates_the_architecture_on_real_images(
+        cifar10_tiny):
+    from repnas_mm.search.bn_calibration import (bn_state, load_bn_state,
+                                                 recalibrate_bn)
+    model, loader = _demo_model_and_loader(cifar10_tiny)
+    stem_bn = model.backbone.stem.conv.branches['kxk'].bn
+    before = bn_state(model)
+    inputs = []
+    handle = stem_bn.register_forward_pre_hook(
+        lambda m, args: inputs.append(args[0].mean((0, 2, 3))))
+    seen = recalibrate_bn(model, loader, num_images=16)
+    handle.remove()
+    # One batch of 16 real images, statistics from reset buffers (not a
+    # momentum step from the old ones), momentum put back, eval mode.
+    assert seen == 16 and len(inputs) == 1
+    assert torch.allclose(stem_bn.running_mean, inputs[0], atol=1e-6)
+    assert int(stem_bn.num_batches_tracked) == 1
+    assert stem_bn.momentum == 0.1 and not model.training
+    after = bn_state(model)
+    assert not torch.allclose(after['backbone.stem.conv.branches.kxk.bn.'
+                                    'running_mean'],
+                              before['backbone.stem.conv.branches.kxk.bn.'
+                                     'running_mean'])
+    load_bn_state(model, before)
+    assert all(torch.equal(v, bn_state(model)[k]) for k, v in before.items())
+
+
+def test_hook_recalibrates_for_validation_and_puts_training_back(
+        cifar10_tiny):
+    import random
+
+    import numpy as np
+    from types import SimpleNamespace
+    from repnas_mm.search.bn_calibration import bn_state
+    from repnas_mm.search.repnas_hook import RepNASHook
+    model, loader = _demo_model_and_loader(cifar10_tiny)
+    hook = RepNASHook(budget=22, bn_recalibration=32)
+    hook.space = SearchSpace.for_model(model)
+    hook.space.configure(22, 1.0, 0)
+    hook._training = True
+    runner = SimpleNamespace(model=model, train_dataloader=loader, epoch=0)
+    training_bn = bn_state(model)
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    hook.before_val_epoch(runner)
+    # Validation sees statistics of the evaluated (best) architecture ...
+    assert sum(len(b.active) for b in hook.space.blocks) == 22
+    val_bn = bn_state(model)
+    changed = [k for k in val_bn
+               if k.endswith('running_var')
+               and not torch.equal(val_bn[k], training_bn[k])]
+    assert changed
+    # ... drawn without moving the random streams of training ...
+    assert (random.random(), np.random.rand(), torch.rand(1)) == expected
+    hook.after_val_epoch(runner)
+    # ... and training goes on with its own statistics.
+    assert all(torch.equal(v, bn_state(model)[k])
+               for k, v in training_bn.items())
+    # Once fixed, the architecture's statistics are its own: no recalibration.
+    hook.space.fix()
+    hook.before_val_epoch(runner)
+    assert hook._train_bn is None

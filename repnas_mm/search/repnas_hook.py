@@ -13,6 +13,7 @@ from mmengine.registry import HOOKS
 from repnas_mm.rep import BRANCH_NAMES, ODBB
 from repnas_mm.rep.arch import save_arch
 
+from .bn_calibration import bn_state, load_bn_state, recalibrate_bn
 from .distributed import require_unused_parameters, unwrap_model
 from .figure import plot_architecture
 from .rng import global_rng_state, set_global_rng_state
@@ -40,6 +41,12 @@ class RepNASHook(Hook):
         seed (int): noise seed, the same on every rank (identical masks).
         arch_name (str, optional): written into architecture files; default:
             the backbone's ``arch_name``.
+        bn_recalibration (int): before each validation of the search (not
+            once the architecture is fixed), re-estimate the BN statistics
+            for the evaluated architecture on this many training images
+            (shared across sampled masks, the supernet's statistics fit no
+            single one); the training statistics are put back after the
+            validation, and the random states are untouched. 0: off.
     """
     priority = 'ABOVE_NORMAL'
 
@@ -49,14 +56,18 @@ class RepNASHook(Hook):
                  warmup_epochs: int = 0,
                  fix_epoch: Optional[int] = None,
                  seed: int = 0,
-                 arch_name: Optional[str] = None):
+                 arch_name: Optional[str] = None,
+                 bn_recalibration: int = 512):
         self.budget = budget
         self.temperature = temperature
         self.warmup_epochs = warmup_epochs
         self.fix_epoch = fix_epoch
         self.seed = seed
         self.arch_name = arch_name
+        self.bn_recalibration = bn_recalibration
         self.space: Optional[SearchSpace] = None
+        self._training = False
+        self._train_bn: Optional[dict] = None  # put back after validation
         self._loaded: Optional[dict] = None  # a checkpoint's search state
 
     # -- set-up ----------------------------------------------------------------
@@ -121,6 +132,7 @@ class RepNASHook(Hook):
                          f'epoch_{runner.epoch + 1}.json'))
 
     def after_train(self, runner):
+        self._training = False
         arch = self.space.architecture(self.arch_name)
         if is_main_process():
             path = osp.join(runner.work_dir, 'searched_arch.json')
@@ -134,8 +146,40 @@ class RepNASHook(Hook):
 
     # -- evaluation uses the current best architecture ---------------------------
     def before_val_epoch(self, runner):
-        if self.space is not None:
-            self.space.apply_best()
+        if self.space is None:
+            return
+        self.space.apply_best()
+        if self._training and self.bn_recalibration and not self.space.fixed:
+            self._recalibrate(runner)
+
+    def after_val_epoch(self, runner, metrics=None):
+        if self._train_bn is not None:
+            load_bn_state(unwrap_model(runner.model), self._train_bn)
+            self._train_bn = None
+
+    def _recalibrate(self, runner):
+        model = unwrap_model(runner.model)
+        self._train_bn = bn_state(model)
+        train = runner.train_dataloader
+        # Its own loader over the training set (the training iterator and
+        # its workers stay as they are), the same images on every rank.
+        generator = torch.Generator().manual_seed(self.seed * 1000003 +
+                                                  runner.epoch)
+        loader = torch.utils.data.DataLoader(
+            train.dataset,
+            batch_size=train.batch_size or 1,
+            shuffle=True,
+            generator=generator,
+            collate_fn=train.collate_fn,
+            num_workers=0)
+        rng = global_rng_state()  # augmentation draws from the global RNGs
+        try:
+            seen = recalibrate_bn(model, loader, self.bn_recalibration)
+        finally:
+            set_global_rng_state(rng)
+        print_log(
+            f'RepNAS: BN statistics re-estimated on {seen} training images '
+            'for the evaluated architecture', logger='current')
 
     def before_test_epoch(self, runner):
         if self.space is not None:
@@ -173,6 +217,10 @@ class RepNASHook(Hook):
         self._loaded = state
 
     def before_train(self, runner):
+        self._training = True
+        self._restore_loaded(runner)
+
+    def _restore_loaded(self, runner):
         """``--resume`` (the Runner restored a later iteration): the whole
         search continues; ``load_from`` (iteration 0): alpha was
         warm-started, e.g. a detector continuing a classification search."""

@@ -13,7 +13,8 @@ repnas_hook = dict(
     temperature=1.0,  # lambda of Eq. 11
     warmup_epochs=0,  # epochs that train the weights only
     fix_epoch=None,  # from this epoch on the architecture is fixed (top-k on alpha)
-    seed=0)  # noise seed, the same on every rank
+    seed=0,  # noise seed, the same on every rank
+    bn_recalibration=512)  # validating the search: BN statistics re-estimated on N train images
 custom_hooks = [repnas_hook]
 # Alpha's own Adam (RepNAS: lr 1e-4, betas (0.5, 0.999)); the weights keep the config's optimizer.
 repnas_optim_wrapper = dict(

@@ -1,0 +1,300 @@
+"""Compare architectures under one training recipe (``tools/compare_architectures.py``).
+
+For one RepNAS search config, every method trains with the config's
+schedule, data and seed, through ``tools/train.py`` (a subprocess, its log
+beside its checkpoints):
+
+- ``repnas``: the config itself, the one-stage search (search, fix at
+  ``fix_epoch``, train on);
+- ``random``: a random architecture with the search's branch budget (one
+  seeded draw per seed), trained without the search;
+- ``plain``, ``repvgg``, ``acb``, ``dbb``, ``full``: the presets.
+
+Each trained network is fused and verified (``tools/deploy.py``'s
+``deploy``) and the fused network is evaluated with ``tools/test.py`` on the
+config's test set. A finished run leaves ``result.json`` in its folder and
+is reused when the comparison is run again; an interrupted training run
+resumes from its last checkpoint. The table (JSON, markdown, figure) is
+rebuilt from the runs' own result files every time.
+"""
+import copy
+import glob
+import json
+import os
+import os.path as osp
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+from repnas_mm.atomic import atomic_path
+from repnas_mm.config import read_config
+from repnas_mm.errors import UserError
+
+PRESET_METHODS = ('plain', 'repvgg', 'acb', 'dbb', 'full')
+METHODS = ('repnas', 'random') + PRESET_METHODS
+TOOLS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools')
+
+
+class CompareError(UserError):
+    """A problem with a comparison's inputs or one of its runs."""
+
+
+# -- the configs of the methods ------------------------------------------------
+def _search_hook(cfg) -> dict:
+    hooks = [h for h in cfg.get('custom_hooks', [])
+             if h.get('type') == 'RepNASHook']
+    if len(hooks) != 1:
+        raise CompareError(
+            f'{cfg.filename} is not a RepNAS search config (it needs one '
+            'RepNASHook in custom_hooks)')
+    return hooks[0]
+
+
+def _without_search(cfg) -> None:
+    """Drop the search: its hook and alpha's optimizer (in place)."""
+    cfg.custom_hooks = [h for h in cfg.get('custom_hooks', [])
+                        if h.get('type') != 'RepNASHook']
+    cfg.optim_wrapper.pop('constructor', None)
+    cfg.optim_wrapper.pop('alpha_optimizer', None)
+    cfg.pop('model_wrapper_cfg', None)
+
+
+def legal_branches(cfg) -> List[tuple]:
+    """The legal branches of every block of the config's model."""
+    from repnas_mm.deploy.model import build_model
+    from repnas_mm.rep import named_odbbs
+    model_cfg = copy.deepcopy(cfg)
+    model_cfg.model.backbone.branches = 'full'
+    model_cfg.model.backbone.init_cfg = None
+    return [b.branch_names for b in named_odbbs(build_model(model_cfg))
+            .values()]
+
+
+def method_config(cfg, method: str, seed: int, run_dir: str):
+    """The config of one run: ``cfg`` changed for ``method`` and ``seed``."""
+    from repnas_mm.rep import random_architecture
+    from repnas_mm.rep.arch import Architecture, save_arch
+    from repnas_mm.rep.presets import resolve_budget
+    out = copy.deepcopy(cfg)
+    out.randomness = dict(out.get('randomness', {}), seed=seed)
+    hook = _search_hook(out)
+    if method == 'repnas':
+        hook['seed'] = seed
+        return out
+    _without_search(out)
+    if method == 'random':
+        legal = legal_branches(cfg)
+        budget = resolve_budget(hook['budget'], sum(map(len, legal)),
+                                len(legal))
+        path = osp.join(run_dir, 'random_arch.json')
+        save_arch(Architecture(None, random_architecture(legal, budget,
+                                                         seed),
+                               budget=budget), path)
+        out.model.backbone.branches = path
+    elif method in PRESET_METHODS:
+        out.model.backbone.branches = method
+    else:
+        raise CompareError(f'unknown method {method!r}; methods are '
+                           f'{", ".join(METHODS)}')
+    return out
+
+
+# -- one run -----------------------------------------------------------------
+def _run(cmd: Sequence[str], log_path: str):
+    with open(log_path, 'a') as log:
+        log.write(f'$ {" ".join(map(str, cmd))}\n')
+        log.flush()
+        proc = subprocess.run([str(c) for c in cmd], stdout=log,
+                              stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise CompareError(f'{" ".join(map(str, cmd[1:3]))} failed (exit '
+                           f'{proc.returncode}); log: {log_path}')
+
+
+def _last_checkpoint(work_dir: str) -> Optional[str]:
+    path = osp.join(work_dir, 'last_checkpoint')
+    if not osp.isfile(path):
+        return None
+    with open(path) as f:
+        return f.read().strip() or None
+
+
+def _scalars(work_dir: str) -> List[dict]:
+    """Every record of the runs' vis_data/scalars.json in ``work_dir``."""
+    records = []
+    for path in sorted(glob.glob(osp.join(work_dir, '*', 'vis_data',
+                                          'scalars.json'))):
+        with open(path) as f:
+            records += [json.loads(line) for line in f if line.strip()]
+    return records
+
+
+def run_one(cfg, method: str, seed: int, run_dir: str,
+            log: Callable[[str], None] = print) -> dict:
+    """Train, fuse, verify and evaluate one method with one seed."""
+    from repnas_mm.deploy import deploy
+    result_path = osp.join(run_dir, 'result.json')
+    if osp.isfile(result_path):
+        with open(result_path) as f:
+            return json.load(f)
+    os.makedirs(run_dir, exist_ok=True)
+    cfg_path = osp.join(run_dir, 'config.py')
+    if not osp.isfile(cfg_path):
+        with atomic_path(cfg_path, suffix='.py') as tmp:
+            method_config(cfg, method, seed, run_dir).dump(tmp)
+    train_dir = osp.join(run_dir, 'train')
+    start = time.time()
+    resume = _last_checkpoint(train_dir) is not None
+    _run([sys.executable, osp.join(TOOLS, 'train.py'), cfg_path,
+          '--work-dir', train_dir] + (['--resume'] if resume else []),
+         osp.join(run_dir, 'train.log'))
+    train_seconds = time.time() - start
+    checkpoint = _last_checkpoint(train_dir)
+    with open(osp.join(run_dir, 'deploy.log'), 'w') as f:
+        deployed = deploy(cfg_path, checkpoint, osp.join(run_dir, 'fused'),
+                          log=lambda line: f.write(line + '\n'))
+    _run([sys.executable, osp.join(TOOLS, 'test.py'), deployed['config'],
+          deployed['checkpoint'], '--work-dir', osp.join(run_dir, 'test')],
+         osp.join(run_dir, 'test.log'))
+    metrics = _test_metrics(osp.join(run_dir, 'test'))
+    train = [r for r in _scalars(train_dir) if 'loss' in r and 'time' in r]
+    val = [r for r in _scalars(train_dir) if 'accuracy/top1' in r]
+    from mmengine.config import Config
+    branches = Config.fromfile(deployed['config']).model.backbone.branches
+    result = dict(
+        method=method,
+        seed=seed,
+        top1=metrics['accuracy/top1'],
+        top1_last_val=val[-1]['accuracy/top1'] if val else None,
+        branches=sum(len(b) for b in branches),
+        step_time=statistics.median(r['time'] for r in train),
+        train_seconds=round(train_seconds, 1) if not resume else None,
+        fused_error=deployed['fused_error'],
+        checkpoint=checkpoint,
+        fused_checkpoint=deployed['checkpoint'])
+    with atomic_path(result_path) as tmp:
+        with open(tmp, 'w') as f:
+            json.dump(result, f, indent=2)
+    log(f'[compare] {method} seed {seed}: fused top-1 {result["top1"]:.2f}, '
+        f'{result["branches"]} branches, step {result["step_time"]:.4f} s')
+    return result
+
+
+def _test_metrics(test_dir: str) -> dict:
+    """The metrics tools/test.py wrote (mmengine's <stamp>/<stamp>.json)."""
+    found = sorted(glob.glob(osp.join(test_dir, '*', '*.json')))
+    if not found:
+        raise CompareError(f'tools/test.py wrote no metrics in {test_dir}')
+    with open(found[-1]) as f:
+        return json.load(f)
+
+
+# -- the comparison ------------------------------------------------------------
+def compare(config: str,
+            work_dir: str,
+            methods: Sequence[str] = METHODS,
+            seeds: Sequence[int] = (0, 1, 2),
+            cfg_options: Optional[dict] = None,
+            max_runs: Optional[int] = None,
+            log: Callable[[str], None] = print) -> dict:
+    """Run (or continue) the comparison; return the summary table.
+
+    ``max_runs``: train at most this many runs now (finished ones are not
+    counted); the table then covers what is finished.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise CompareError(f'unknown method {unknown[0]!r}; methods are '
+                           f'{", ".join(METHODS)}')
+    cfg = read_config(config, cfg_options)
+    _search_hook(cfg)
+    cfg.pop('work_dir', None)
+    todo = [(m, s) for m in methods for s in seeds]
+    done, new = [], 0
+    for i, (method, seed) in enumerate(todo):
+        run_dir = osp.join(work_dir, 'runs', method, f'seed_{seed}')
+        finished = osp.isfile(osp.join(run_dir, 'result.json'))
+        if not finished and max_runs is not None and new >= max_runs:
+            continue
+        if not finished:
+            log(f'[compare] run {i + 1}/{len(todo)}: {method}, seed {seed} '
+                f'({run_dir})')
+            new += 1
+        done.append(run_one(cfg, method, seed, run_dir, log))
+    summary = write_tables(done, work_dir, config, methods, seeds)
+    log(f'[compare] {len(done)} of {len(todo)} runs finished'
+        + ('' if len(done) == len(todo) else '; run again to continue')
+        + f'; table: {osp.join(work_dir, "results.md")}')
+    return summary
+
+
+def summarize(runs: Sequence[dict], methods: Sequence[str]) -> Dict:
+    """Mean and sample std over seeds of each method's numbers."""
+    rows = {}
+    for method in methods:
+        mine = [r for r in runs if r['method'] == method]
+        if not mine:
+            continue
+        top1 = [r['top1'] for r in mine]
+        rows[method] = dict(
+            seeds=[r['seed'] for r in mine],
+            top1_mean=statistics.mean(top1),
+            top1_std=statistics.stdev(top1) if len(top1) > 1 else 0.0,
+            branches_mean=statistics.mean(r['branches'] for r in mine),
+            step_time=statistics.median(r['step_time'] for r in mine))
+    return rows
+
+
+def write_tables(runs, work_dir, config, methods, seeds) -> dict:
+    """results.json, results.md and results.png from the runs' results."""
+    rows = summarize(runs, methods)
+    base = rows.get('plain', {}).get('step_time')
+    summary = dict(config=osp.abspath(config), seeds=list(seeds),
+                   methods=rows, runs=list(runs))
+    with atomic_path(osp.join(work_dir, 'results.json')) as tmp:
+        with open(tmp, 'w') as f:
+            json.dump(summary, f, indent=2)
+    lines = [
+        f'Comparison on `{config}`, seeds {", ".join(map(str, seeds))}: '
+        'top-1 of the fused network on the test set (mean ± sample std over '
+        'seeds), branches kept, median training step time.', '',
+        '| method | top-1 (%) | runs | branches | step (s) | step vs plain |',
+        '|---|---|---|---|---|---|'
+    ]
+    for method, row in rows.items():
+        ratio = f'{row["step_time"] / base:.2f}x' if base else 'n/a'
+        lines.append(
+            f'| {method} | {row["top1_mean"]:.2f} ± {row["top1_std"]:.2f} '
+            f'| {len(row["seeds"])} | {row["branches_mean"]:.0f} '
+            f'| {row["step_time"]:.4f} | {ratio} |')
+    with atomic_path(osp.join(work_dir, 'results.md')) as tmp:
+        with open(tmp, 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+    if rows:
+        _figure(rows, osp.join(work_dir, 'results.png'))
+    return summary
+
+
+def _figure(rows: dict, path: str):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, row in rows.items():
+        ax.errorbar(row['step_time'], row['top1_mean'], yerr=row['top1_std'],
+                    fmt='o', capsize=3, label=method)
+        ax.annotate(method, (row['step_time'], row['top1_mean']),
+                    textcoords='offset points', xytext=(5, 5), fontsize=8)
+    ax.set_xlabel('median training step time (s)')
+    ax.set_ylabel('fused top-1 (%), mean ± std over seeds')
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path, suffix='.png') as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
+__all__ = ['CompareError', 'METHODS', 'compare', 'method_config', 'run_one',
+           'summarize', 'write_tables']

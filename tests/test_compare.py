@@ -1,0 +1,85 @@
+"""tools/compare_architectures.py: method configs, a tiny comparison, resume, table."""
+import json
+import statistics
+
+import pytest
+from mmengine.config import Config
+
+import repnas_mm  # noqa: F401
+from repnas_mm.compare import CompareError, method_config, summarize
+
+from .conftest import REPO, cls_data_options, run_tool
+
+SEARCH_CFG = REPO / 'tests' / 'configs' / 'odbb_cls_cifar10_tiny.py'
+
+
+def test_method_configs_change_only_the_architecture(tmp_path):
+    cfg = Config.fromfile(SEARCH_CFG)
+    search = method_config(cfg, 'repnas', 3, str(tmp_path))
+    hook = [h for h in search.custom_hooks if h.type == 'RepNASHook'][0]
+    assert hook.seed == 3 and search.randomness.seed == 3
+    assert search.optim_wrapper.constructor == \
+        'RepNASOptimWrapperConstructor'
+    for method in ('random', 'plain', 'dbb'):
+        out = method_config(cfg, method, 1, str(tmp_path))
+        assert not [h for h in out.custom_hooks if h.type == 'RepNASHook']
+        assert 'constructor' not in out.optim_wrapper
+        assert 'alpha_optimizer' not in out.optim_wrapper
+        # The same schedule, data and optimizer as the search.
+        assert out.optim_wrapper.optimizer == cfg.optim_wrapper.optimizer
+        assert out.param_scheduler == cfg.param_scheduler
+        assert out.train_dataloader == cfg.train_dataloader
+        assert out.randomness.seed == 1
+    assert method_config(cfg, 'dbb', 0, str(tmp_path)).model.backbone \
+        .branches == 'dbb'
+    arch = json.loads((tmp_path / 'random_arch.json').read_text())
+    assert arch['num_branches'] == arch['budget'] == 22  # half of 44
+    with pytest.raises(CompareError, match='unknown method'):
+        method_config(cfg, 'oracle', 0, str(tmp_path))
+
+
+def test_summary_is_mean_and_sample_std_over_seeds():
+    runs = [dict(method='a', seed=s, top1=t, branches=10, step_time=st)
+            for s, t, st in ((0, 80.0, 0.1), (1, 82.0, 0.3), (2, 84.0, 0.2))]
+    row = summarize(runs, ['a', 'b'])
+    assert list(row) == ['a']
+    assert row['a']['top1_mean'] == 82.0 and row['a']['top1_std'] == 2.0
+    assert row['a']['step_time'] == 0.2 and row['a']['seeds'] == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_tiny_comparison_resumes_and_its_table_matches_its_logs(
+        tmp_path, cifar10_tiny):
+    work = tmp_path / 'cmp'
+    args = ('tools/compare_architectures.py', SEARCH_CFG, '--work-dir', work,
+            '--methods', 'repnas', 'random', '--seeds', '0', '1',
+            '--cfg-options', *cls_data_options(cifar10_tiny),
+            # The search fixes its architecture after epoch 1, so its last
+            # validation uses the statistics the checkpoint keeps.
+            'train_cfg.max_epochs=2', 'custom_hooks.0.fix_epoch=1')
+    # Interrupted after three runs (--max-runs), then continued.
+    first = run_tool(*args, '--max-runs', '3')
+    assert '3 of 4 runs finished; run again to continue' in first.stdout
+    second = run_tool(*args)
+    assert 'run 4/4: random, seed 1' in second.stdout
+    assert 'run 1/4' not in second.stdout  # finished runs are reused
+    assert '4 of 4 runs finished' in second.stdout
+    results = json.loads((work / 'results.json').read_text())
+    assert len(results['runs']) == 4
+    for run in results['runs']:
+        run_dir = work / 'runs' / run['method'] / f'seed_{run["seed"]}'
+        # The table's number is the one tools/test.py logged for the fused
+        # network, and the fused network scores what training validated.
+        logged = json.loads(next((run_dir / 'test').glob('*/*.json'))
+                            .read_text())
+        assert run['top1'] == logged['accuracy/top1']
+        assert run['top1'] == pytest.approx(run['top1_last_val'], abs=1e-4)
+        assert run['branches'] == 22 and run['fused_error'] <= 1e-4
+        assert (run_dir / 'train.log').is_file()
+    table = (work / 'results.md').read_text()
+    for method in ('repnas', 'random'):
+        top1 = [r['top1'] for r in results['runs'] if r['method'] == method]
+        assert (f'| {method} | {statistics.mean(top1):.2f} ± '
+                f'{statistics.stdev(top1):.2f} | 2 | 22 |') in table
+    png = (work / 'results.png').read_bytes()
+    assert png[:8] == b'\x89PNG\r\n\x1a\n'
