@@ -6,6 +6,9 @@ beside its checkpoints):
 
 - ``repnas``: the config itself, the one-stage search (search, fix at
   ``fix_epoch``, train on);
+- ``searched``: the architecture that ``repnas`` run (same seed) found,
+  trained from scratch without the search (what the search found, apart
+  from how the one-stage run trained it);
 - ``random``: a random architecture with the search's branch budget (one
   seeded draw per seed), trained without the search;
 - ``plain``, ``repvgg``, ``acb``, ``dbb``, ``full``: the presets.
@@ -33,7 +36,7 @@ from repnas_mm.config import read_config
 from repnas_mm.errors import UserError
 
 PRESET_METHODS = ('plain', 'repvgg', 'acb', 'dbb', 'full')
-METHODS = ('repnas', 'random') + PRESET_METHODS
+METHODS = ('repnas', 'searched', 'random') + PRESET_METHODS
 TOOLS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools')
 
 
@@ -72,6 +75,14 @@ def legal_branches(cfg) -> List[tuple]:
             .values()]
 
 
+def searched_arch_of(run_dir: str) -> str:
+    """The searched architecture of the ``repnas`` run beside ``run_dir``
+    (``<work_dir>/runs/<method>/seed_<s>``) with the same seed."""
+    runs, seed_dir = osp.split(osp.dirname(run_dir))[0], \
+        osp.basename(run_dir)
+    return osp.join(runs, 'repnas', seed_dir, 'train', 'searched_arch.json')
+
+
 def method_config(cfg, method: str, seed: int, run_dir: str):
     """The config of one run: ``cfg`` changed for ``method`` and ``seed``."""
     from repnas_mm.rep import random_architecture
@@ -84,7 +95,13 @@ def method_config(cfg, method: str, seed: int, run_dir: str):
         hook['seed'] = seed
         return out
     _without_search(out)
-    if method == 'random':
+    if method == 'searched':
+        path = searched_arch_of(run_dir)
+        if not osp.isfile(path):
+            raise CompareError(f'{path} is missing: method searched needs '
+                               'the repnas run of the same seed')
+        out.model.backbone.branches = path
+    elif method == 'random':
         legal = legal_branches(cfg)
         budget = resolve_budget(hook['budget'], sum(map(len, legal)),
                                 len(legal))
@@ -208,6 +225,8 @@ def compare(config: str,
     if unknown:
         raise CompareError(f'unknown method {unknown[0]!r}; methods are '
                            f'{", ".join(METHODS)}')
+    # The search runs before the runs that train what it found.
+    methods = [m for m in METHODS if m in methods]
     cfg = read_config(config, cfg_options)
     _search_hook(cfg)
     cfg.pop('work_dir', None)
@@ -223,6 +242,8 @@ def compare(config: str,
                 f'({run_dir})')
             new += 1
         done.append(run_one(cfg, method, seed, run_dir, log))
+        if not finished:  # the table covers every finished run at once
+            write_tables(done, work_dir, config, methods, seeds)
     summary = write_tables(done, work_dir, config, methods, seeds)
     log(f'[compare] {len(done)} of {len(todo)} runs finished'
         + ('' if len(done) == len(todo) else '; run again to continue')

@@ -36,6 +36,16 @@ def test_method_configs_change_only_the_architecture(tmp_path):
     assert arch['num_branches'] == arch['budget'] == 22  # half of 44
     with pytest.raises(CompareError, match='unknown method'):
         method_config(cfg, 'oracle', 0, str(tmp_path))
+    # 'searched' trains what the repnas run of the same seed found.
+    run_dir = tmp_path / 'runs' / 'searched' / 'seed_1'
+    with pytest.raises(CompareError, match='needs the repnas run'):
+        method_config(cfg, 'searched', 1, str(run_dir))
+    found = tmp_path / 'runs' / 'repnas' / 'seed_1' / 'train'
+    found.mkdir(parents=True)
+    (found / 'searched_arch.json').write_text('{}')
+    out = method_config(cfg, 'searched', 1, str(run_dir))
+    assert out.model.backbone.branches == str(found / 'searched_arch.json')
+    assert not [h for h in out.custom_hooks if h.type == 'RepNASHook']
 
 
 def test_summary_is_mean_and_sample_std_over_seeds():

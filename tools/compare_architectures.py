@@ -2,12 +2,14 @@
 """Train the RepNAS search, random architectures and the presets with one recipe; compare them.
 
     python tools/compare_architectures.py CONFIG --work-dir DIR
-        [--methods repnas random plain repvgg acb dbb full] [--seeds 0 1 2]
+        [--methods repnas searched random plain repvgg acb dbb full] [--seeds 0 1 2]
         [--max-runs N] [--cfg-options KEY=VALUE ...]
 
 CONFIG is a RepNAS search config (configs/demo/odbb_fmnist_cls.py,
 configs/odbb_vgg16_cifar10.py, ...). Every method trains with its schedule,
-data and seeds through tools/train.py; each network is fused, verified and
+data and seeds through tools/train.py: repnas (the one-stage search),
+searched (what that run found, trained from scratch), random (the search's
+budget, one draw per seed) and the presets; each network is fused, verified and
 evaluated on the test set (tools/deploy.py, tools/test.py). DIR/runs/<method>/
 seed_<s>/ holds each run's config, logs, checkpoints and result.json;
 DIR/results.{json,md,png} the table (mean ± std over seeds, branches kept,
