@@ -52,14 +52,12 @@ def refuse_unexportable(model):
 
 
 def export_onnx(model, example: torch.Tensor, path: str,
-                opset: int = OPSET, check=None) -> dict:
+                opset: int = OPSET) -> dict:
     """Export the fused ``model`` (batch, height and width dynamic).
 
     Refuses an unfused model (exporting the training-time graph is the
-    classic deployment mistake) and layers ONNX Runtime cannot run.
-    ``check(onnx_file)`` runs on the exported file before it is renamed into
-    place (its return value is ``parity_error`` in the result); if it raises,
-    no file is left behind.
+    classic deployment mistake) and layers ONNX Runtime cannot run. The
+    file is written under a temporary name and renamed when complete.
     """
     import onnx
     refuse_unexportable(model)
@@ -85,9 +83,7 @@ def export_onnx(model, example: torch.Tensor, path: str,
             do_constant_folding=True,
             dynamo=False)
         onnx.checker.check_model(tmp)
-        parity_error = check(tmp) if check is not None else None
     return dict(
-        parity_error=parity_error,
         opset_version=opset,
         input_names=['input'],
         output_names=output_names,
