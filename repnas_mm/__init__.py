@@ -15,7 +15,7 @@ __all__ = ['__version__']
 if find_spec('mmengine') is not None:
     try:
         from . import models  # noqa: F401  (registers modules)
-        from .search import dyrep_hook, optim, repnas_hook  # noqa: F401
+        from .search import bn_hook, dyrep_hook, optim, repnas_hook  # noqa: F401
         from .checkpoint import install_loaders
         install_loaders()  # checkpoints load without running their code
     except ImportError as exc:

@@ -11,7 +11,15 @@ beside its checkpoints):
   from how the one-stage run trained it);
 - ``random``: a random architecture with the search's branch budget (one
   seeded draw per seed), trained without the search;
-- ``plain``, ``repvgg``, ``acb``, ``dbb``, ``full``: the presets.
+- ``plain``, ``repvgg``, ``acb``, ``dbb``, ``full``: the presets;
+- ``repnas-<name>``: a variant of the search (an ablation): the config
+  changed by the named config options of a variants file.
+
+When the search retrains what it found (``RepNASHook(at_fix='retrain')``),
+the methods that train one fixed architecture (``searched``, ``random``,
+the presets) train with the search's second stage: the epochs from
+``fix_epoch`` on and their schedulers, so every method's network gets the
+same schedule.
 
 Each trained network is fused and verified (``tools/deploy.py``'s
 ``deploy``) and the fused network is evaluated with ``tools/test.py`` on the
@@ -25,6 +33,7 @@ import glob
 import json
 import os
 import os.path as osp
+import re
 import statistics
 import subprocess
 import sys
@@ -83,6 +92,29 @@ def searched_arch_of(run_dir: str) -> str:
     return osp.join(runs, 'repnas', seed_dir, 'train', 'searched_arch.json')
 
 
+def second_stage(cfg, fix_epoch: int) -> None:
+    """Keep the epochs from ``fix_epoch`` on and their schedulers (in
+    place): what a search with ``at_fix='retrain'`` trains its searched
+    network with."""
+    cfg.train_cfg.max_epochs -= fix_epoch
+    if 'max_epochs' in cfg:
+        cfg.max_epochs = cfg.train_cfg.max_epochs
+    schedulers = cfg.get('param_scheduler') or []
+    is_list = isinstance(schedulers, (list, tuple))
+    kept = []
+    for scheduler in (schedulers if is_list else [schedulers]):
+        if scheduler.get('by_epoch', True) is False:
+            raise CompareError('second_stage: iteration-based schedulers '
+                               'are not supported')
+        end = scheduler.get('end', float('inf'))
+        if end <= fix_epoch:
+            continue  # the search stage's own
+        kept.append(dict(scheduler,
+                         begin=scheduler.get('begin', 0) - fix_epoch,
+                         end=end - fix_epoch))
+    cfg.param_scheduler = kept if is_list or not kept else kept[0]
+
+
 def method_config(cfg, method: str, seed: int, run_dir: str):
     """The config of one run: ``cfg`` changed for ``method`` and ``seed``."""
     from repnas_mm.rep import random_architecture
@@ -95,6 +127,8 @@ def method_config(cfg, method: str, seed: int, run_dir: str):
         hook['seed'] = seed
         return out
     _without_search(out)
+    if hook.get('at_fix', 'continue') == 'retrain':
+        second_stage(out, hook['fix_epoch'])
     if method == 'searched':
         path = searched_arch_of(run_dir)
         if not osp.isfile(path):
@@ -149,8 +183,11 @@ def _scalars(work_dir: str) -> List[dict]:
 
 
 def run_one(cfg, method: str, seed: int, run_dir: str,
-            log: Callable[[str], None] = print) -> dict:
-    """Train, fuse, verify and evaluate one method with one seed."""
+            log: Callable[[str], None] = print,
+            label: Optional[str] = None) -> dict:
+    """Train, fuse, verify and evaluate one method with one seed
+    (``label``: the name in the table, default ``method``)."""
+    label = label or method
     from repnas_mm.deploy import deploy
     result_path = osp.join(run_dir, 'result.json')
     if osp.isfile(result_path):
@@ -181,7 +218,7 @@ def run_one(cfg, method: str, seed: int, run_dir: str,
     from mmengine.config import Config
     branches = Config.fromfile(deployed['config']).model.backbone.branches
     result = dict(
-        method=method,
+        method=label,
         seed=seed,
         top1=metrics['accuracy/top1'],
         top1_last_val=val[-1]['accuracy/top1'] if val else None,
@@ -194,7 +231,7 @@ def run_one(cfg, method: str, seed: int, run_dir: str,
     with atomic_path(result_path) as tmp:
         with open(tmp, 'w') as f:
             json.dump(result, f, indent=2)
-    log(f'[compare] {method} seed {seed}: fused top-1 {result["top1"]:.2f}, '
+    log(f'[compare] {label} seed {seed}: fused top-1 {result["top1"]:.2f}, '
         f'{result["branches"]} branches, step {result["step_time"]:.4f} s')
     return result
 
@@ -209,17 +246,33 @@ def _test_metrics(test_dir: str) -> dict:
 
 
 # -- the comparison ------------------------------------------------------------
+def read_variants(path: str) -> Dict[str, dict]:
+    """``variants`` of a Python file: name -> config options."""
+    import runpy
+    if not osp.isfile(path):
+        raise CompareError(f'variants file {path} does not exist')
+    variants = runpy.run_path(path).get('variants')
+    if not isinstance(variants, dict) or not all(
+            isinstance(v, dict) for v in variants.values()):
+        raise CompareError(f'{path} must define variants = dict(name=dict('
+                           'key=value, ...), ...)')
+    return variants
+
+
 def compare(config: str,
             work_dir: str,
             methods: Sequence[str] = METHODS,
             seeds: Sequence[int] = (0, 1, 2),
             cfg_options: Optional[dict] = None,
             max_runs: Optional[int] = None,
-            log: Callable[[str], None] = print) -> dict:
+            log: Callable[[str], None] = print,
+            variants: Optional[Dict[str, dict]] = None) -> dict:
     """Run (or continue) the comparison; return the summary table.
 
     ``max_runs``: train at most this many runs now (finished ones are not
-    counted); the table then covers what is finished.
+    counted); the table then covers what is finished. ``variants``: name ->
+    config options (``{'custom_hooks.0.noise': False}``); each is a method
+    ``repnas-<name>``, the search with those options.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -230,21 +283,32 @@ def compare(config: str,
     cfg = read_config(config, cfg_options)
     _search_hook(cfg)
     cfg.pop('work_dir', None)
-    todo = [(m, s) for m in methods for s in seeds]
+    configs = {m: (cfg, m) for m in methods}
+    for name, options in (variants or {}).items():
+        if not re.fullmatch(r'[A-Za-z0-9_.-]+', name):
+            raise CompareError(f'variant name {name!r}: use letters, '
+                               'digits, _, . and -')
+        changed = copy.deepcopy(cfg)
+        changed.merge_from_dict(dict(options))
+        _search_hook(changed)
+        configs[f'repnas-{name}'] = (changed, 'repnas')
+    labels = list(configs)
+    todo = [(m, s) for m in labels for s in seeds]
     done, new = [], 0
-    for i, (method, seed) in enumerate(todo):
-        run_dir = osp.join(work_dir, 'runs', method, f'seed_{seed}')
+    for i, (label, seed) in enumerate(todo):
+        run_dir = osp.join(work_dir, 'runs', label, f'seed_{seed}')
         finished = osp.isfile(osp.join(run_dir, 'result.json'))
         if not finished and max_runs is not None and new >= max_runs:
             continue
         if not finished:
-            log(f'[compare] run {i + 1}/{len(todo)}: {method}, seed {seed} '
+            log(f'[compare] run {i + 1}/{len(todo)}: {label}, seed {seed} '
                 f'({run_dir})')
             new += 1
-        done.append(run_one(cfg, method, seed, run_dir, log))
+        run_cfg, method = configs[label]
+        done.append(run_one(run_cfg, method, seed, run_dir, log, label))
         if not finished:  # the table covers every finished run at once
-            write_tables(done, work_dir, config, methods, seeds)
-    summary = write_tables(done, work_dir, config, methods, seeds)
+            write_tables(done, work_dir, config, labels, seeds)
+    summary = write_tables(done, work_dir, config, labels, seeds)
     log(f'[compare] {len(done)} of {len(todo)} runs finished'
         + ('' if len(done) == len(todo) else '; run again to continue')
         + f'; table: {osp.join(work_dir, "results.md")}')
@@ -317,5 +381,6 @@ def _figure(rows: dict, path: str):
     plt.close(fig)
 
 
-__all__ = ['CompareError', 'METHODS', 'compare', 'method_config', 'run_one',
-           'summarize', 'write_tables']
+__all__ = ['CompareError', 'METHODS', 'compare', 'method_config',
+           'read_variants', 'run_one', 'second_stage', 'summarize',
+           'write_tables']

@@ -59,3 +59,37 @@ class DyRepProbeHook(Hook):
             f.write(json.dumps(dict(epoch=runner.epoch,
                                     structure=hook.policy.structure())) +
                     '\n')
+
+
+@HOOKS.register_module()
+class WeightsProbeHook(Hook):
+    """Appends, before training and before every epoch (after RepNASHook),
+    a digest of the model's weights and BN statistics, the weights' lr and
+    how many parameters have optimizer state, to ``out``.jsonl."""
+    priority = 'LOW'
+
+    def __init__(self, out):
+        self.out = out
+
+    def _record(self, runner, epoch):
+        model = runner.model.module if hasattr(runner.model,
+                                               'module') else runner.model
+        optimizer = runner.optim_wrapper.optimizer
+        weights = getattr(optimizer, 'optimizers', {}).get('weights',
+                                                           optimizer)
+        record = dict(
+            epoch=epoch,
+            iter=runner.iter,
+            weights=sum(float(p.detach().double().sum()) for p in model.parameters()),
+            bn=sum(float(b.double().sum()) for n, b in model.named_buffers()
+                   if 'running' in n),
+            lr=weights.param_groups[0]['lr'],
+            state=len(weights.state))
+        with open(f'{self.out}.jsonl', 'a') as f:
+            f.write(json.dumps(record) + '\n')
+
+    def before_train(self, runner):
+        self._record(runner, 'start')
+
+    def before_train_epoch(self, runner):
+        self._record(runner, runner.epoch)

@@ -6,7 +6,8 @@ import pytest
 from mmengine.config import Config
 
 import repnas_mm  # noqa: F401
-from repnas_mm.compare import CompareError, method_config, summarize
+from repnas_mm.compare import (CompareError, method_config, read_variants,
+                               summarize)
 
 from .conftest import REPO, cls_data_options, run_tool
 
@@ -48,6 +49,43 @@ def test_method_configs_change_only_the_architecture(tmp_path):
     assert not [h for h in out.custom_hooks if h.type == 'RepNASHook']
 
 
+def test_a_retraining_search_compares_with_its_second_stage(tmp_path):
+    cfg = Config.fromfile(SEARCH_CFG)
+    cfg.merge_from_dict({
+        'train_cfg.max_epochs': 9, 'custom_hooks.0.fix_epoch': 3,
+        'custom_hooks.0.at_fix': 'retrain', 'param_scheduler.begin': 3,
+        'param_scheduler.end': 9, 'param_scheduler.T_max': 6})
+    search = method_config(cfg, 'repnas', 0, str(tmp_path))
+    assert search.train_cfg.max_epochs == 9
+    assert search.param_scheduler == cfg.param_scheduler
+    # The other methods train 6 epochs with the search's second schedule.
+    for method in ('random', 'repvgg'):
+        out = method_config(cfg, method, 0, str(tmp_path))
+        assert out.train_cfg.max_epochs == 6
+        assert out.param_scheduler == dict(cfg.param_scheduler, begin=0,
+                                           end=6)
+    # A list: the search stage's own schedulers are dropped.
+    cfg.param_scheduler = [dict(type='LinearLR', begin=0, end=3),
+                           dict(type='CosineAnnealingLR', begin=3, end=9)]
+    out = method_config(cfg, 'plain', 0, str(tmp_path))
+    assert out.param_scheduler == [
+        dict(type='CosineAnnealingLR', begin=0, end=6)]
+
+
+def test_variants_file_is_checked(tmp_path):
+    path = tmp_path / 'variants.py'
+    path.write_text("variants = {'a': {'custom_hooks.0.noise': False}}\n")
+    assert read_variants(str(path)) == {'a': {'custom_hooks.0.noise': False}}
+    path.write_text("variants = {'a': False}\n")
+    with pytest.raises(CompareError, match='must define variants'):
+        read_variants(str(path))
+    with pytest.raises(CompareError, match='does not exist'):
+        read_variants(str(tmp_path / 'none.py'))
+    shipped = read_variants(str(REPO / 'docs' / 'results' / 'ablation_demo'
+                                / 'variants.py'))
+    assert 'retrain_9ep' in shipped and 'no_weight_sharing' in shipped
+
+
 def test_summary_is_mean_and_sample_std_over_seeds():
     runs = [dict(method='a', seed=s, top1=t, branches=10, step_time=st)
             for s, t, st in ((0, 80.0, 0.1), (1, 82.0, 0.3), (2, 84.0, 0.2))]
@@ -61,21 +99,26 @@ def test_summary_is_mean_and_sample_std_over_seeds():
 def test_tiny_comparison_resumes_and_its_table_matches_its_logs(
         tmp_path, cifar10_tiny):
     work = tmp_path / 'cmp'
+    variants = tmp_path / 'variants.py'
+    variants.write_text("variants = dict(no_noise={'custom_hooks.0.noise': "
+                        "False})\n")
     args = ('tools/compare_architectures.py', SEARCH_CFG, '--work-dir', work,
             '--methods', 'repnas', 'random', '--seeds', '0', '1',
+            '--variants', variants,
             '--cfg-options', *cls_data_options(cifar10_tiny),
             # The search fixes its architecture after epoch 1, so its last
             # validation uses the statistics the checkpoint keeps.
             'train_cfg.max_epochs=2', 'custom_hooks.0.fix_epoch=1')
     # Interrupted after three runs (--max-runs), then continued.
     first = run_tool(*args, '--max-runs', '3')
-    assert '3 of 4 runs finished; run again to continue' in first.stdout
+    assert '3 of 6 runs finished; run again to continue' in first.stdout
     second = run_tool(*args)
-    assert 'run 4/4: random, seed 1' in second.stdout
-    assert 'run 1/4' not in second.stdout  # finished runs are reused
-    assert '4 of 4 runs finished' in second.stdout
+    assert 'run 4/6: random, seed 1' in second.stdout
+    assert 'run 6/6: repnas-no_noise, seed 1' in second.stdout
+    assert 'run 1/6' not in second.stdout  # finished runs are reused
+    assert '6 of 6 runs finished' in second.stdout
     results = json.loads((work / 'results.json').read_text())
-    assert len(results['runs']) == 4
+    assert len(results['runs']) == 6
     for run in results['runs']:
         run_dir = work / 'runs' / run['method'] / f'seed_{run["seed"]}'
         # The table's number is the one tools/test.py logged for the fused
@@ -87,7 +130,10 @@ def test_tiny_comparison_resumes_and_its_table_matches_its_logs(
         assert run['branches'] == 22 and run['fused_error'] <= 1e-4
         assert (run_dir / 'train.log').is_file()
     table = (work / 'results.md').read_text()
-    for method in ('repnas', 'random'):
+    # The variant ran with its option (a noise-free search).
+    assert 'noise=False' in (work / 'runs' / 'repnas-no_noise' / 'seed_0' /
+                             'config.py').read_text()
+    for method in ('repnas', 'random', 'repnas-no_noise'):
         top1 = [r['top1'] for r in results['runs'] if r['method'] == method]
         assert (f'| {method} | {statistics.mean(top1):.2f} ± '
                 f'{statistics.stdev(top1):.2f} | 2 | 22 |') in table

@@ -130,6 +130,63 @@ def test_warmup_and_fix():
     assert all(b.gates is None for b in space.blocks)
 
 
+def test_noise_off_ranks_alpha_itself():
+    torch.manual_seed(0)
+    space = SearchSpace(tiny_net(), budget=20, seed=0, noise=False)
+    with torch.no_grad():
+        space.alpha.copy_(torch.randn(44))
+    masks = [space.step().clone() for _ in range(3)]
+    assert all(torch.equal(m, space.top_k(space.alpha)) for m in masks)
+    # With noise (the default) the same alpha gives other masks.
+    space.configure(20, noise=True)
+    assert any(not torch.equal(space.step(), masks[0]) for _ in range(5))
+
+
+def test_soft_gates_scale_kept_branches_by_their_score():
+    torch.manual_seed(0)
+    space = SearchSpace(tiny_net(), budget=20, seed=3, gate='soft')
+    generator = space.generator.get_state()
+    mask = space.step()
+    space.generator.set_state(generator)
+    s = space.scores(noise=True)
+    gates = torch.cat([b.gates for b in space.blocks])
+    assert torch.allclose(gates, mask.float() * s)
+    assert bool(((gates > 0) & (gates < 1)).sum() == 20)
+    gates.sum().backward()  # alpha gets a gradient through them
+    assert space.alpha.grad.abs().sum() > 0
+    # Warm-up: still scaled, no gradient to carry.
+    space.alpha.requires_grad_(False)
+    space.step()
+    assert all(not b.gates.requires_grad for b in space.blocks)
+    with pytest.raises(ValueError, match='gate must be one of'):
+        space.configure(20, gate='hard')
+
+
+def test_hook_at_fix_options_are_checked():
+    from types import SimpleNamespace
+    from repnas_mm.search.repnas_hook import RepNASHook
+    with pytest.raises(ValueError, match='at_fix must be one of'):
+        RepNASHook(budget=22, fix_epoch=2, at_fix='restart')
+    with pytest.raises(ValueError, match='needs a fix_epoch'):
+        RepNASHook(budget=22, at_fix='retrain')
+    hook = RepNASHook(budget=22, fix_epoch=2, at_fix='retrain')
+
+    def runner(*schedulers):
+        return SimpleNamespace(train_dataloader=[None] * 10,
+                               param_schedulers=list(schedulers))
+
+    def scheduler(begin, end, by_epoch=True):
+        return SimpleNamespace(begin=begin, end=end, by_epoch=by_epoch)
+
+    # Schedulers that end at or begin from fix_epoch (iterations: 20).
+    hook._check_schedulers(runner(scheduler(0, 2), scheduler(2, 6),
+                                  scheduler(20, 60, by_epoch=False)))
+    with pytest.raises(ValueError, match='runs across fix_epoch 2'):
+        hook._check_schedulers(runner(scheduler(0, 6)))
+    with pytest.raises(ValueError, match='runs across fix_epoch 2'):
+        hook._check_schedulers(runner(scheduler(0, 60, by_epoch=False)))
+
+
 def test_architecture_file_rebuilds_the_searched_network(tmp_path):
     torch.manual_seed(0)
     net = tiny_net()
@@ -309,6 +366,13 @@ def test_real_short_search_writes_arch_and_figure(tmp_path, cifar10_tiny):
     assert sum(len(b.branch_names) for b in net.blocks()) == 22
     ckpt = torch.load(work / 'epoch_2.pth', weights_only=True)
     assert ckpt['repnas']['space']['alpha'].shape == (44, )
+    # tools/test.py re-estimates BN statistics on request.
+    proc = run_tool('tools/test.py', SEARCH_CFG, work / 'epoch_2.pth',
+                    '--work-dir', tmp_path / 'test', '--bn-recalibration',
+                    '16', '--cfg-options', *cls_data_options(cifar10_tiny))
+    log = proc.stdout + proc.stderr
+    assert 'BN statistics re-estimated on 16 training images before ' \
+        'testing' in log and 'accuracy/top1' in log
 
 
 def _search_cfg(tmp_path, probe):
@@ -374,6 +438,75 @@ def test_stop_and_resume_reproduces_masks_and_alpha(tmp_path, cifar10_tiny):
         assert ra['mask'] == rb['mask'], ra['iter']
         assert ra['alpha'] == pytest.approx(rb['alpha'], abs=1e-6)
     assert not math.isclose(sum(map(abs, a[-1]['alpha'])), 0.0)
+
+
+def _retrain_cfg(tmp_path, name, probe):
+    cfg = tmp_path / f'{name}.py'
+    cfg.write_text(
+        f"_base_ = '{SEARCH_CFG}'\n"
+        "custom_imports = dict(imports=['repnas_mm', 'tests.probes'])\n"
+        "custom_hooks = [dict(type='RepNASHook', budget=0.5, seed=0,\n"
+        "                     fix_epoch=2, at_fix='retrain'),\n"
+        f"                dict(type='WeightsProbeHook', out='{probe}')]\n"
+        "train_dataloader = dict(\n"
+        "    batch_size=8, dataset=dict(indices=list(range(0, 160, 5))))\n"
+        "optim_wrapper = dict(alpha_optimizer=dict(lr=0.05))\n"
+        # The search's own cosine, then the searched network's.
+        "param_scheduler = [\n"
+        "    dict(type='CosineAnnealingLR', T_max=2, begin=0, end=2),\n"
+        "    dict(type='CosineAnnealingLR', T_max=2, begin=2, end=4)]\n")
+    return cfg
+
+
+@pytest.mark.slow
+def test_retrain_at_fix_restarts_and_resumes_across_the_fix_point(
+        tmp_path, cifar10_tiny):
+    env = {'PYTHONPATH': str(REPO)}
+    data = cls_data_options(cifar10_tiny)
+    straight, stopped = tmp_path / 'straight', tmp_path / 'stopped'
+    proc = run_tool('tools/train.py', _retrain_cfg(tmp_path, 'a', straight),
+                    '--work-dir', tmp_path / 'a', '--cfg-options',
+                    'train_cfg.max_epochs=4', *data, env=env)
+    log = proc.stdout + proc.stderr
+    assert 'fixed from epoch 2 (retrain)' in log
+    assert 'lr back to the initial value(s)' in log
+    assert 'the searched network is retrained from the start' in log
+    a = {r['epoch']: r for r in _records(f'{straight}.jsonl')}
+    # Epoch 2 starts from the weights and BN statistics epoch 0 started
+    # from, with no optimizer state and the initial lr (its cosine's start);
+    # the search's epochs had moved them.
+    for key in ('weights', 'bn'):
+        assert a[2][key] == a['start'][key] == a[0][key]
+        assert a[1][key] != a['start'][key] and a[3][key] != a[2][key]
+    assert a[1]['state'] > 0 and a[2]['state'] == 0
+    assert a[0]['lr'] == a[2]['lr'] == 0.05
+    assert 0 < a[1]['lr'] < 0.05 and 0 < a[3]['lr'] < 0.05
+    # The same run stopped after epoch 1 (before the fix) and resumed: its
+    # checkpoint carries the start weights, and the run ends the same.
+    cfg_b = _retrain_cfg(tmp_path, 'b', stopped)
+    run_tool('tools/train.py', cfg_b, '--work-dir', tmp_path / 'b',
+             '--cfg-options', 'train_cfg.max_epochs=1', *data, env=env)
+    ckpt = torch.load(tmp_path / 'b' / 'epoch_1.pth', weights_only=False)
+    assert 'start_weights' in ckpt['repnas']
+    run_tool('tools/train.py', cfg_b, '--work-dir', tmp_path / 'b',
+             '--resume', '--cfg-options', 'train_cfg.max_epochs=4', *data,
+             env=env)
+    b = {r['epoch']: r for r in _records(f'{stopped}.jsonl')}
+    assert b[2]['weights'] == a['start']['weights'] and b[2]['state'] == 0
+    final_a = torch.load(tmp_path / 'a' / 'epoch_4.pth', weights_only=False)
+    final_b = torch.load(tmp_path / 'b' / 'epoch_4.pth', weights_only=False)
+    assert 'start_weights' not in final_a['repnas']  # dropped once fixed
+    # tools/test.py takes the retraining config and its checkpoint.
+    proc = run_tool('tools/test.py', tmp_path / 'a.py',
+                    tmp_path / 'a' / 'epoch_4.pth', '--work-dir',
+                    tmp_path / 'test', '--cfg-options', *data, env=env)
+    assert 'accuracy/top1' in proc.stdout + proc.stderr
+    assert final_a['repnas']['architecture'] == \
+        final_b['repnas']['architecture']
+    for key, value in final_a['state_dict'].items():
+        assert torch.allclose(value.float(),
+                              final_b['state_dict'][key].float(),
+                              atol=1e-5), key
 
 
 def _demo_model_and_loader(root):
@@ -451,3 +584,23 @@ def test_hook_recalibrates_for_validation_and_puts_training_back(
     hook.space.fix()
     hook.before_val_epoch(runner)
     assert hook._train_bn is None
+
+
+def test_test_time_hook_re_estimates_bn_statistics(cifar10_tiny):
+    from types import SimpleNamespace
+    from repnas_mm.search.bn_calibration import bn_state
+    from repnas_mm.search.bn_hook import BNRecalibrationHook
+    model, loader = _demo_model_and_loader(cifar10_tiny)
+    before = bn_state(model)
+    torch.manual_seed(5)
+    expected = torch.rand(1)
+    torch.manual_seed(5)
+    BNRecalibrationHook(num_images=16).before_test_epoch(
+        SimpleNamespace(model=model, train_dataloader=loader))
+    after = bn_state(model)
+    assert torch.rand(1) == expected  # random streams untouched
+    counts = [v for k, v in after.items() if k.endswith('batches_tracked')]
+    assert all(int(c) == 1 for c in counts)  # one batch, from reset
+    assert not all(torch.equal(after[k], before[k]) for k in before)
+    with pytest.raises(ValueError, match='num_images must be > 0'):
+        BNRecalibrationHook(num_images=0)

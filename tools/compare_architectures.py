@@ -3,7 +3,7 @@
 
     python tools/compare_architectures.py CONFIG --work-dir DIR
         [--methods repnas searched random plain repvgg acb dbb full] [--seeds 0 1 2]
-        [--max-runs N] [--cfg-options KEY=VALUE ...]
+        [--max-runs N] [--variants FILE] [--cfg-options KEY=VALUE ...]
 
 CONFIG is a RepNAS search config (configs/demo/odbb_fmnist_cls.py,
 configs/odbb_vgg16_cifar10.py, ...). Every method trains with its schedule,
@@ -16,14 +16,17 @@ DIR/results.{json,md,png} the table (mean ± std over seeds, branches kept,
 median step time) and the figure (top-1 against step time). Run the same
 command again to continue an interrupted comparison: finished runs are
 reused, an interrupted training resumes from its last checkpoint.
---max-runs trains at most N runs now (to split the work).
+--max-runs trains at most N runs now (to split the work). --variants FILE
+adds ablations of the search: FILE defines variants = {name: {config key:
+value, ...}}, and each variant trains as method repnas-<name>
+(docs/ablation.md; e.g. configs/demo/ablation_variants.py).
 """
 import argparse
 
 from mmengine.config import DictAction
 
 import repnas_mm  # noqa: F401
-from repnas_mm.compare import METHODS, compare
+from repnas_mm.compare import METHODS, compare, read_variants
 from repnas_mm.runner import run_tool
 
 
@@ -35,6 +38,9 @@ def parse_args(argv=None):
                         choices=METHODS)
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     parser.add_argument('--max-runs', type=int, default=None)
+    parser.add_argument('--variants', default=None,
+                        help='a Python file defining variants = {name: '
+                        '{config key: value}}: ablations of the search')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config keys of every run')
     return parser.parse_args(argv)
@@ -42,8 +48,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    variants = read_variants(args.variants) if args.variants else None
     compare(args.config, args.work_dir, args.methods, args.seeds,
-            args.cfg_options, args.max_runs)
+            args.cfg_options, args.max_runs, variants=variants)
     return 0
 
 

@@ -2,7 +2,12 @@
 """Evaluate a checkpoint with the config's test dataloader and evaluator.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl]
+        [--bn-recalibration N]
     bash tools/dist_test.sh CONFIG CHECKPOINT 8
+
+--bn-recalibration N re-estimates the BN statistics on N training images
+before testing (an unfused network trained under changing branch masks,
+e.g. a search checkpoint; docs/ablation.md).
 """
 import argparse
 import os.path as osp
@@ -18,6 +23,9 @@ def parse_args(argv=None):
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument(
         '--out', help='also dump the raw predictions to this .pkl file')
+    parser.add_argument(
+        '--bn-recalibration', type=int, metavar='N',
+        help='re-estimate BN statistics on N training images first')
     return parser.parse_args(argv)
 
 
@@ -27,6 +35,11 @@ def main(argv=None):
         raise SystemExit(f'error: checkpoint not found: {args.checkpoint}')
     cfg = config_from_args(args)
     cfg.load_from = args.checkpoint
+    if args.bn_recalibration is not None:
+        if args.bn_recalibration <= 0:
+            raise SystemExit('error: --bn-recalibration must be > 0')
+        cfg.custom_hooks.append(dict(type='BNRecalibrationHook',
+                                     num_images=args.bn_recalibration))
     prepare_cpu_distributed(cfg)
     runner = build_runner(cfg)
     if args.out is not None:

@@ -66,4 +66,28 @@ def recalibrate_bn(model: nn.Module, batches: Iterable,
     return seen
 
 
-__all__ = ['bn_state', 'load_bn_state', 'recalibrate_bn']
+def recalibrate_on_training_set(runner, num_images: int, seed: int) -> int:
+    """:func:`recalibrate_bn` for the runner's model on ``num_images``
+    training images, drawn (shuffled with ``seed``) through a loader of
+    its own: the training iterator and its workers stay as they are, every
+    rank sees the same images, and the global random states (augmentation
+    draws from them) are put back afterwards."""
+    from .distributed import unwrap_model
+    from .rng import global_rng_state, set_global_rng_state
+    train = runner.train_dataloader
+    loader = torch.utils.data.DataLoader(
+        train.dataset,
+        batch_size=train.batch_size or 1,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=train.collate_fn,
+        num_workers=0)
+    rng = global_rng_state()
+    try:
+        return recalibrate_bn(unwrap_model(runner.model), loader, num_images)
+    finally:
+        set_global_rng_state(rng)
+
+
+__all__ = ['bn_state', 'load_bn_state', 'recalibrate_bn',
+           'recalibrate_on_training_set']

@@ -13,11 +13,14 @@ from mmengine.registry import HOOKS
 from repnas_mm.rep import BRANCH_NAMES, ODBB
 from repnas_mm.rep.arch import save_arch
 
-from .bn_calibration import bn_state, load_bn_state, recalibrate_bn
+from .bn_calibration import (bn_state, load_bn_state,
+                             recalibrate_on_training_set)
 from .distributed import require_unused_parameters, unwrap_model
 from .figure import plot_architecture
 from .rng import global_rng_state, set_global_rng_state
 from .space import SearchSpace
+
+AT_FIX = ('continue', 'reschedule', 'retrain')
 
 
 @HOOKS.register_module()
@@ -47,6 +50,28 @@ class RepNASHook(Hook):
             (shared across sampled masks, the supernet's statistics fit no
             single one); the training statistics are put back after the
             validation, and the random states are untouched. 0: off.
+        at_fix (str): what happens to the training at ``fix_epoch``:
+
+            - ``'continue'``: the weights, their optimizer state and the
+              learning-rate schedule carry on (the paper's one-stage run);
+            - ``'reschedule'``: the weights carry on, the optimizer's
+              scheduled values (lr, momentum) go back to their initial
+              values, so the config's schedulers that begin at
+              ``fix_epoch`` run a second schedule;
+            - ``'retrain'``: as ``'reschedule'``, and the weights (BN
+              statistics included) go back to those the run started from
+              and their optimizer state is cleared: the epochs from
+              ``fix_epoch`` on train the searched architecture from the
+              start, as a separate run of it would (docs/ablation.md
+              measures why this is the default of the small-data configs).
+
+            With ``'reschedule'`` and ``'retrain'`` no scheduler may run
+            across ``fix_epoch`` (split it at ``begin=fix_epoch``).
+        noise (bool): sample masks with logistic noise on alpha (Eq. 11);
+            ``False`` ranks alpha itself (an ablation).
+        gate (str): ``'straight_through'`` (Eq. 12, the default) or
+            ``'soft'`` (kept branches scaled by their score in training; an
+            ablation), see :class:`SearchSpace`.
     """
     priority = 'ABOVE_NORMAL'
 
@@ -57,7 +82,15 @@ class RepNASHook(Hook):
                  fix_epoch: Optional[int] = None,
                  seed: int = 0,
                  arch_name: Optional[str] = None,
-                 bn_recalibration: int = 512):
+                 bn_recalibration: int = 512,
+                 at_fix: str = 'continue',
+                 noise: bool = True,
+                 gate: str = 'straight_through'):
+        if at_fix not in AT_FIX:
+            raise ValueError(f'at_fix must be one of {AT_FIX}, got '
+                             f'{at_fix!r}')
+        if at_fix != 'continue' and fix_epoch is None:
+            raise ValueError(f"at_fix={at_fix!r} needs a fix_epoch")
         self.budget = budget
         self.temperature = temperature
         self.warmup_epochs = warmup_epochs
@@ -65,16 +98,22 @@ class RepNASHook(Hook):
         self.seed = seed
         self.arch_name = arch_name
         self.bn_recalibration = bn_recalibration
+        self.at_fix = at_fix
+        self.noise = noise
+        self.gate = gate
         self.space: Optional[SearchSpace] = None
         self._training = False
         self._train_bn: Optional[dict] = None  # put back after validation
         self._loaded: Optional[dict] = None  # a checkpoint's search state
+        # at_fix='retrain': the weights the run started from, until fixed.
+        self._start: Optional[dict] = None
 
     # -- set-up ----------------------------------------------------------------
     def before_run(self, runner):
         model = unwrap_model(runner.model)
         self.space = SearchSpace.for_model(model)
-        self.space.configure(self.budget, self.temperature, self.seed)
+        self.space.configure(self.budget, self.temperature, self.seed,
+                             self.noise, self.gate)
         if self.arch_name is None:
             backbone = getattr(model, 'backbone', None)
             self.arch_name = getattr(backbone, 'arch_name', None)
@@ -92,8 +131,22 @@ class RepNASHook(Hook):
             f'{self.space.num_branches} legal branches, budget '
             f'{self.space.budget}, temperature {self.temperature}, warm-up '
             f'{self.warmup_epochs} epoch(s), fixed from epoch '
-            f'{self.fix_epoch}',
+            f'{self.fix_epoch}'
+            + ('' if self.at_fix == 'continue' else f' ({self.at_fix})'),
             logger='current')
+
+    def _check_schedulers(self, runner):
+        iters = len(runner.train_dataloader)
+        for scheduler in _schedulers(runner.param_schedulers):
+            fix = self.fix_epoch if scheduler.by_epoch else \
+                self.fix_epoch * iters
+            if scheduler.begin < fix < scheduler.end:
+                raise ValueError(
+                    f'RepNASHook(at_fix={self.at_fix!r}): '
+                    f'{type(scheduler).__name__} runs across fix_epoch '
+                    f'{self.fix_epoch} (begin {scheduler.begin}, end '
+                    f'{scheduler.end}); give the searched network its own '
+                    f'schedulers from begin={self.fix_epoch}')
 
     # -- training ----------------------------------------------------------------
     def before_train_epoch(self, runner):
@@ -105,18 +158,59 @@ class RepNASHook(Hook):
                     f'RepNAS: architecture fixed at epoch {epoch}: '
                     f'{self._kept_summary(self.space.mask)}',
                     logger='current')
+                if self.at_fix == 'retrain':
+                    self._rewind(runner)
+            self._start = None
         else:
             self.space.alpha.requires_grad_(epoch >= self.warmup_epochs)
+
+    def _rewind(self, runner):
+        """Weights (and BN statistics) back to the run's start; their
+        optimizer state cleared. Branch masks stay the fixed ones."""
+        if self._start is None:
+            raise RuntimeError(
+                "RepNASHook(at_fix='retrain'): the weights the run started "
+                'from are unknown (resumed from a checkpoint saved without '
+                'them?)')
+        model = unwrap_model(runner.model)
+        tensors = dict(model.named_parameters())
+        tensors.update(model.named_buffers())
+        with torch.no_grad():
+            for key, value in self._start.items():
+                tensors[key].copy_(value)
+        _weights_optimizer(runner.optim_wrapper).state.clear()
+        print_log(
+            f'RepNAS: the searched network is retrained from the start: '
+            f'{len(self._start)} weight tensors rewound, optimizer state '
+            'cleared', logger='current')
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         self.space.step()
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None):
+        if self.at_fix != 'continue' and \
+                runner.epoch == self.fix_epoch - 1 and \
+                batch_idx == len(runner.train_dataloader) - 1:
+            # Before ParamSchedulerHook (priority LOW) steps into fix_epoch.
+            self._reset_scheduled_values(runner)
         hub = runner.message_hub
         hub.update_scalar('train/repnas_kept', int(self.space.mask.sum()))
         hub.update_scalar('train/repnas_alpha_mean',
                           float(self.space.alpha.detach().mean()))
+
+    def _reset_scheduled_values(self, runner):
+        groups = _weights_optimizer(runner.optim_wrapper).param_groups
+        reset = set()
+        for group in groups:
+            for key in list(group):
+                if key.startswith('initial_') and key[8:] in group:
+                    group[key[8:]] = group[key]
+                    reset.add(key[8:])
+        print_log(
+            f'RepNAS: {", ".join(sorted(reset)) or "nothing"} back to the '
+            f'initial value(s) for the searched network\'s schedule from '
+            f'epoch {self.fix_epoch}', logger='current')
 
     def after_train_epoch(self, runner):
         arch = self.space.architecture(self.arch_name)
@@ -158,25 +252,10 @@ class RepNASHook(Hook):
             self._train_bn = None
 
     def _recalibrate(self, runner):
-        model = unwrap_model(runner.model)
-        self._train_bn = bn_state(model)
-        train = runner.train_dataloader
-        # Its own loader over the training set (the training iterator and
-        # its workers stay as they are), the same images on every rank.
-        generator = torch.Generator().manual_seed(self.seed * 1000003 +
-                                                  runner.epoch)
-        loader = torch.utils.data.DataLoader(
-            train.dataset,
-            batch_size=train.batch_size or 1,
-            shuffle=True,
-            generator=generator,
-            collate_fn=train.collate_fn,
-            num_workers=0)
-        rng = global_rng_state()  # augmentation draws from the global RNGs
-        try:
-            seen = recalibrate_bn(model, loader, self.bn_recalibration)
-        finally:
-            set_global_rng_state(rng)
+        self._train_bn = bn_state(unwrap_model(runner.model))
+        seen = recalibrate_on_training_set(
+            runner, self.bn_recalibration,
+            seed=self.seed * 1000003 + runner.epoch)
         print_log(
             f'RepNAS: BN statistics re-estimated on {seen} training images '
             'for the evaluated architecture', logger='current')
@@ -192,6 +271,8 @@ class RepNASHook(Hook):
             space=self.space.state_dict(),
             architecture=arch.to_dict(),
             rng=global_rng_state())
+        if self._start is not None:  # at_fix='retrain', not fixed yet
+            checkpoint['repnas']['start_weights'] = self._start
         # Each block's saved branch mask is the searched architecture, so
         # loaders that fuse after loading (mmdeploy) fuse that.
         state = checkpoint.get('state_dict', {})
@@ -218,7 +299,12 @@ class RepNASHook(Hook):
 
     def before_train(self, runner):
         self._training = True
+        if self.at_fix != 'continue':  # training only: built schedulers
+            self._check_schedulers(runner)
         self._restore_loaded(runner)
+        if self.at_fix == 'retrain' and not self.space.fixed and \
+                runner.iter == 0:
+            self._start = _start_weights(unwrap_model(runner.model))
 
     def _restore_loaded(self, runner):
         """``--resume`` (the Runner restored a later iteration): the whole
@@ -229,6 +315,7 @@ class RepNASHook(Hook):
             return
         if runner.iter > 0:
             self.space.load_state_dict(state['space'])
+            self._start = state.get('start_weights')
             # The data pipeline's random draws continue where they stopped.
             set_global_rng_state(state['rng'])
         else:
@@ -249,3 +336,29 @@ class RepNASHook(Hook):
         counts, edges = np.histogram(alpha, bins=bins)
         return (f'in [{edges[0]:.4f}, {edges[-1]:.4f}], histogram '
                 + ' '.join(str(c) for c in counts))
+
+
+def _schedulers(schedulers) -> list:
+    """The runner's param schedulers as one list (list, dict or None)."""
+    if schedulers is None:
+        return []
+    if isinstance(schedulers, dict):
+        return [s for group in schedulers.values() for s in group]
+    return list(schedulers)
+
+
+def _weights_optimizer(optim_wrapper):
+    """The weights' optimizer inside a RepNAS wrapper's JointOptimizer."""
+    optimizer = optim_wrapper.optimizer
+    return getattr(optimizer, 'optimizers', {}).get('weights', optimizer)
+
+
+def _start_weights(model) -> dict:
+    """CPU copies of the weights and buffers, without the branch masks
+    (those stay the fixed architecture's when rewound)."""
+    return {
+        key: value.detach().cpu().clone()
+        for key, value in (*model.named_parameters(),
+                           *model.named_buffers())
+        if not key.endswith(ODBB.MASK)
+    }

@@ -14,6 +14,12 @@ all branches of the network together, the space keeps the global top
 branch's output with ``mask + (s - s.detach())``: exactly 1 in the forward
 pass, ``ds/dalpha = s (1 - s) / temperature`` in the backward pass (Eq. 12).
 Pruned branches are not run at all.
+
+Two ablations of that policy (``docs/ablation.md``) are options:
+``noise=False`` ranks ``alpha`` itself (no logistic noise), and
+``gate='soft'`` multiplies a kept branch's output by ``s`` in the forward
+pass too (Eq. 11 read literally: the network trains on scaled branches
+but is evaluated and fused unscaled).
 """
 import weakref
 from typing import List, Optional, Union
@@ -28,6 +34,7 @@ from repnas_mm.rep.presets import resolve_budget
 
 _SPACES: 'weakref.WeakKeyDictionary[nn.Module, SearchSpace]' = \
     weakref.WeakKeyDictionary()
+GATES = ('straight_through', 'soft')
 
 
 class SearchSpace(nn.Module):
@@ -39,13 +46,18 @@ class SearchSpace(nn.Module):
             ratio of all legal branches); ``None`` = all of them.
         temperature (float): the lambda of Eq. 11.
         seed (int): seeds the noise generator (the same on every rank).
+        noise (bool): add logistic noise to alpha when sampling a mask.
+        gate (str): ``'straight_through'`` (1 forward, Eq. 12 backward) or
+            ``'soft'`` (``s`` forward and backward).
     """
 
     def __init__(self,
                  model: nn.Module,
                  budget: Union[int, float, None] = None,
                  temperature: float = 1.0,
-                 seed: int = 0):
+                 seed: int = 0,
+                 noise: bool = True,
+                 gate: str = 'straight_through'):
         super().__init__()
         blocks = named_odbbs(model, fused=False)
         if not blocks:
@@ -71,7 +83,7 @@ class SearchSpace(nn.Module):
         self.temperature = temperature
         self.generator = torch.Generator().manual_seed(seed)
         self.budget = None
-        self.configure(budget, temperature, seed)
+        self.configure(budget, temperature, seed, noise, gate)
         self.fixed = False
         self.mask = torch.ones(self.num_branches, dtype=torch.bool)
 
@@ -86,10 +98,19 @@ class SearchSpace(nn.Module):
                 else space
         return _SPACES[model]
 
-    def configure(self, budget=None, temperature: float = 1.0, seed: int = 0):
-        """Set the policy: budget, temperature and the noise seed."""
+    def configure(self,
+                  budget=None,
+                  temperature: float = 1.0,
+                  seed: int = 0,
+                  noise: bool = True,
+                  gate: str = 'straight_through'):
+        """Set the policy: budget, temperature, noise (and its seed), gates."""
         if temperature <= 0:
             raise ValueError(f'temperature must be > 0, got {temperature}')
+        if gate not in GATES:
+            raise ValueError(f'gate must be one of {GATES}, got {gate!r}')
+        self.noise = noise
+        self.gate = gate
         self.budget = self.num_branches if budget is None else resolve_budget(
             budget, self.num_branches, len(self._blocks))
         self.temperature = temperature
@@ -135,12 +156,13 @@ class SearchSpace(nn.Module):
         """(mask, gates) for one training iteration.
 
         Without ``alpha.requires_grad`` (warm-up, fixed) the gates carry no
-        gradient and are plain 0/1.
+        gradient (straight-through ones are then plain 0/1).
         """
         s = self.scores(noise)
         mask = self.top_k(s)
-        gates = mask.to(s.dtype) + (s - s.detach())
-        return mask, gates
+        if self.gate == 'soft':
+            return mask, mask.to(s.dtype) * s
+        return mask, mask.to(s.dtype) + (s - s.detach())
 
     def apply(self, mask: Tensor, gates: Optional[Tensor] = None):
         """Hand every block its active branches (and gates)."""
@@ -157,8 +179,10 @@ class SearchSpace(nn.Module):
         """Sample and apply a noisy mask (an iteration of Algorithm 1)."""
         if self.fixed:
             return self.mask
-        mask, gates = self.sample(noise=True)
-        self.apply(mask, gates if self.alpha.requires_grad else None)
+        mask, gates = self.sample(noise=self.noise)
+        if not self.alpha.requires_grad:  # warm-up: nothing for alpha
+            gates = gates.detach() if self.gate == 'soft' else None
+        self.apply(mask, gates)
         return mask
 
     def apply_best(self):
