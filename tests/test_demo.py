@@ -23,6 +23,14 @@ def test_demo_pipeline_quick(tmp_path):
     assert summary['kept branches vs budget'].startswith(
         '22 kept, budget 22 of 44 legal')
     assert 'mAP@50' in summary['detection bbox mAP (CocoMetric)']
+    # The searched network beside the RepVGG preset trained like it.
+    line = summary['searched vs RepVGG preset, same schedule']
+    searched, repvgg = (float(v.rstrip('%')) for v in line.split()[:3:2])
+    assert 0 < searched <= 100 and 0 < repvgg <= 100
+    assert line.endswith('(22 vs 16 branches)')
+    baseline = json.loads((work / 'baseline' / 'results.json').read_text())
+    assert baseline['methods']['repvgg']['top1_mean'] == pytest.approx(
+        repvgg, abs=0.05)
     fused_error = float(
         summary['fused vs training-time, max relative error'].split()[0])
     ort_error, sdk_error = (float(e.rstrip(',')) for e in summary[

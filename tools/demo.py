@@ -8,16 +8,20 @@ Every step runs the command-line tool a user would run:
   1. data      tools/prepare_demo_data.py: Fashion-MNIST class folders and a
                COCO-format detection set of items placed on canvases
   2. search    tools/train.py configs/demo/odbb_fmnist_cls.py: RepNAS on a
-               small ODBBNet classifier under a branch budget (+ figure)
-  3. detect    tools/train.py configs/demo/centernet_odbb_fmnist.py: CenterNet
+               small ODBBNet classifier under a branch budget (+ figure),
+               then the searched network retrained
+  3. baseline  tools/compare_architectures.py --methods repvgg: the RepVGG
+               preset trained with the searched network's schedule
+  4. detect    tools/train.py configs/demo/centernet_odbb_fmnist.py: CenterNet
                fine-tuned from the searched backbone, COCO mAP (CocoMetric)
-  4. deploy    tools/deploy.py --onnx: fuse, verify, mmdeploy SDK folder
-  5. latency   tools/benchmark_latency.py: training-time vs fused vs ORT vs
+  5. deploy    tools/deploy.py --onnx: fuse, verify, mmdeploy SDK folder
+  6. latency   tools/benchmark_latency.py: training-time vs fused vs ORT vs
                ResNet backbones
 The summary at the end is read from the files those runs wrote.
 """
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -66,7 +70,8 @@ def run(cmd, log_path):
             log.write(line)
             if (' - mmengine - ' in line and ('Epoch(' in line
                                              or 'RepNAS' in line)) or \
-                    line.startswith(('[deploy]', '[latency]', '|', 'error')):
+                    line.startswith(('[deploy]', '[latency]', '[compare]', '|',
+                                     'error')):
                 sys.stdout.write(line)
         rc = proc.wait()
     if rc != 0:
@@ -95,7 +100,7 @@ def main(argv=None):
     start = time.time()
     quick = args.quick
 
-    banner('1/5 data: Fashion-MNIST classification and detection sets')
+    banner('1/6 data: Fashion-MNIST classification and detection sets')
     try:
         prepare_demo_data.write_classification(
             args.fmnist, args.data_root, *((20, 10) if quick else (200, 50)),
@@ -108,21 +113,28 @@ def main(argv=None):
     data_root = Path(args.data_root).resolve()
     det_root = Path(args.det_data_root).resolve()
 
-    banner('2/5 search: RepNAS on an ODBBNet classifier')
+    banner('2/6 search: RepNAS on an ODBBNet classifier')
     cls_dir = work / 'classifier'
     cls_options = [f'{k}_dataloader.dataset.data_root={data_root}'
                    for k in ('train', 'val', 'test')]
-    if quick:
+    if quick:  # search one epoch, retrain one
         cls_options += [
-            'train_cfg.max_epochs=2', 'param_scheduler.T_max=2',
-            'param_scheduler.end=2', 'custom_hooks.0.warmup_epochs=0',
-            'custom_hooks.0.fix_epoch=1'
+            'train_cfg.max_epochs=2', 'param_scheduler.begin=1',
+            'param_scheduler.T_max=1', 'param_scheduler.end=2',
+            'custom_hooks.0.warmup_epochs=0', 'custom_hooks.0.fix_epoch=1'
         ]
     run([py, 'tools/train.py', CLS_CONFIG, '--work-dir', cls_dir,
          '--cfg-options', *cls_options], work / '2_search.log')
     cls_ckpt = last_checkpoint(cls_dir)
 
-    banner('3/5 detect: CenterNet fine-tuned from the searched backbone')
+    banner('3/6 baseline: the RepVGG preset, trained like the searched network')
+    baseline_dir = work / 'baseline'
+    shutil.rmtree(baseline_dir, ignore_errors=True)  # never a stale run
+    run([py, 'tools/compare_architectures.py', CLS_CONFIG, '--work-dir',
+         baseline_dir, '--methods', 'repvgg', '--seeds', 0, '--cfg-options',
+         *cls_options], work / '3_baseline.log')
+
+    banner('4/6 detect: CenterNet fine-tuned from the searched backbone')
     det_dir = work / 'detector'
     det_options = [
         f'model.backbone.branches={cls_ckpt}',  # its arch and its weights
@@ -135,24 +147,25 @@ def main(argv=None):
     train_det = ['train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
                  'param_scheduler.1.end=1'] if quick else []
     run([py, 'tools/train.py', DET_CONFIG, '--work-dir', det_dir,
-         '--cfg-options', *det_options, *train_det], work / '3_detect.log')
+         '--cfg-options', *det_options, *train_det], work / '4_detect.log')
     det_ckpt = last_checkpoint(det_dir)
 
-    banner('4/5 deploy: fuse, verify on real images, export with mmdeploy')
+    banner('5/6 deploy: fuse, verify on real images, export with mmdeploy')
     deploy_dir = work / 'deploy'
     run([py, 'tools/deploy.py', DET_CONFIG, det_ckpt, '--work-dir',
          deploy_dir, '--onnx', '--num-images', 2 if quick else 8,
-         '--cfg-options', *det_options], work / '4_deploy.log')
+         '--cfg-options', *det_options], work / '5_deploy.log')
 
-    banner('5/5 latency: training-time vs fused vs ONNX Runtime')
+    banner('6/6 latency: training-time vs fused vs ONNX Runtime')
     latency_dir = work / 'latency'
     run([py, 'tools/benchmark_latency.py', DET_CONFIG, '--checkpoint',
          det_ckpt, '--input-size', 128, '--out-dir', latency_dir,
          *(['--repeats', 2, '--iters', 1] if quick else []),
-         '--cfg-options', *det_options], work / '5_latency.log')
+         '--cfg-options', *det_options], work / '6_latency.log')
 
     banner('summary')
-    summary = collect_summary(cls_dir, det_dir, deploy_dir, latency_dir)
+    summary = collect_summary(cls_dir, baseline_dir, det_dir, deploy_dir,
+                              latency_dir)
     summary['time'] = f'{time.time() - start:.0f} s'
     width = max(len(k) for k in summary)
     for key, value in summary.items():
@@ -169,13 +182,21 @@ def main(argv=None):
     return 0
 
 
-def collect_summary(cls_dir, det_dir, deploy_dir, latency_dir) -> dict:
+def collect_summary(cls_dir, baseline_dir, det_dir, deploy_dir,
+                    latency_dir) -> dict:
     """Numbers and paths, read from the files the steps wrote."""
     summary = {}
     accuracy = [s['accuracy/top1'] for s in read_scalars(cls_dir)
                 if 'accuracy/top1' in s]
     summary['val top-1 accuracy (10 classes, chance 10%)'] = (
         f'{accuracy[-1]:.1f}% after {len(accuracy)} epoch(s)')
+    with open(baseline_dir / 'results.json') as f:
+        repvgg = json.load(f)['methods']['repvgg']
+    with open(cls_dir / 'searched_arch.json') as f:
+        branches = json.load(f)['num_branches']
+    summary['searched vs RepVGG preset, same schedule'] = (
+        f'{accuracy[-1]:.1f}% vs {repvgg["top1_mean"]:.1f}% val top-1 '
+        f'({branches} vs {repvgg["branches_mean"]:.0f} branches)')
     with open(cls_dir / 'searched_arch.json') as f:
         arch = json.load(f)
     legal = sum(len(b['alpha']) for b in arch['blocks'])
@@ -204,6 +225,7 @@ def collect_summary(cls_dir, det_dir, deploy_dir, latency_dir) -> dict:
     summary['artifacts'] = {
         'searched architecture': str(cls_dir / 'searched_arch.json'),
         'architecture figure': str(cls_dir / 'searched_arch.png'),
+        'RepVGG baseline': str(baseline_dir / 'results.md'),
         'classifier checkpoint': last_checkpoint(cls_dir),
         'detector checkpoint': last_checkpoint(det_dir),
         'fused detector': deployed['checkpoint'],

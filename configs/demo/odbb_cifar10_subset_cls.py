@@ -1,8 +1,9 @@
 # The demo's search (./odbb_fmnist_cls.py: small ODBBNet, 32x32, budget half the branches) on a
 # CIFAR-10 subset in class folders (train/<class>/*.jpg, val/<class>/*.jpg), e.g. the 3,000 / 600
-# image subset of docs/compare.md (--cfg-options *_dataloader.dataset.data_root=...). 20 epochs
-# (about 2 min a run on a 2-core CPU): warm-up 2, search to epoch 14, fixed for the last 6.
-# ~94 iterations an epoch: alpha's Adam takes a step between the demo's and ImageNet's.
+# image subset of docs/compare.md (--cfg-options *_dataloader.dataset.data_root=...). Search 6
+# epochs (warm-up 2), then retrain the searched network for 20 (about 2.5 min a run on a 2-core
+# CPU; docs/ablation.md). ~94 iterations an epoch: alpha's Adam takes a step between the demo's
+# and ImageNet's.
 _base_ = './odbb_fmnist_cls.py'
 
 data_root = 'data/cifar10_subset'
@@ -14,9 +15,11 @@ train_dataloader = dict(dataset=dict(data_root=data_root))
 val_dataloader = dict(dataset=dict(data_root=data_root))
 test_dataloader = val_dataloader
 optim_wrapper = dict(alpha_optimizer=dict(lr=4e-3))
-max_epochs = 20
+search_epochs = 6
+max_epochs = search_epochs + 20
 custom_hooks = [
-    dict(_base_.repnas_hook, budget=0.5, warmup_epochs=2, fix_epoch=14)
+    dict(_base_.repnas_hook, budget=0.5, warmup_epochs=2, fix_epoch=search_epochs,
+         at_fix='retrain')
 ]
-param_scheduler = dict(T_max=max_epochs, end=max_epochs)
+param_scheduler = dict(T_max=max_epochs - search_epochs, begin=search_epochs, end=max_epochs)
 train_cfg = dict(max_epochs=max_epochs, val_interval=2)

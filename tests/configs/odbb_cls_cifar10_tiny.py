@@ -11,6 +11,8 @@ val_dataloader = dict(
     dataset=dict(data_root=data_root, indices=list(range(0, 60, 2))))
 test_dataloader = val_dataloader
 max_epochs = 1
-param_scheduler = dict(T_max=max_epochs, end=max_epochs)
+# The paper's one-stage run (fixed and trained on); tests set fix_epoch and epochs themselves.
+custom_hooks = [dict(_base_.repnas_hook, budget=0.5, warmup_epochs=1, fix_epoch=4)]
+param_scheduler = dict(T_max=max_epochs, begin=0, end=max_epochs)
 train_cfg = dict(max_epochs=max_epochs)
 default_hooks = dict(logger=dict(interval=1))

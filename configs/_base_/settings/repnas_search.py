@@ -14,7 +14,12 @@ repnas_hook = dict(
     warmup_epochs=0,  # epochs that train the weights only
     fix_epoch=None,  # from this epoch on the architecture is fixed (top-k on alpha)
     seed=0,  # noise seed, the same on every rank
-    bn_recalibration=512)  # validating the search: BN statistics re-estimated on N train images
+    bn_recalibration=512,  # validating the search: BN statistics re-estimated on N train images
+    # At fix_epoch: 'continue' (the paper's one-stage run), 'reschedule' (lr back to its start for
+    # schedulers that begin at fix_epoch) or 'retrain' (also the weights back to the run's start:
+    # the searched network trained from scratch; docs/ablation.md). Not 'continue': no scheduler
+    # may run across fix_epoch.
+    at_fix='continue')
 custom_hooks = [repnas_hook]
 # Alpha's own Adam (RepNAS: lr 1e-4, betas (0.5, 0.999)); the weights keep the config's optimizer.
 repnas_optim_wrapper = dict(
