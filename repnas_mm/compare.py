@@ -106,12 +106,12 @@ def second_stage(cfg, fix_epoch: int) -> None:
         if scheduler.get('by_epoch', True) is False:
             raise CompareError('second_stage: iteration-based schedulers '
                                'are not supported')
-        end = scheduler.get('end', float('inf'))
-        if end <= fix_epoch:
+        if scheduler.get('end', fix_epoch + 1) <= fix_epoch:
             continue  # the search stage's own
-        kept.append(dict(scheduler,
-                         begin=scheduler.get('begin', 0) - fix_epoch,
-                         end=end - fix_epoch))
+        shifted = dict(scheduler, begin=scheduler.get('begin', 0) - fix_epoch)
+        if 'end' in scheduler:  # none: to the end of training
+            shifted['end'] = scheduler['end'] - fix_epoch
+        kept.append(shifted)
     cfg.param_scheduler = kept if is_list or not kept else kept[0]
 
 

@@ -66,10 +66,12 @@ def test_a_retraining_search_compares_with_its_second_stage(tmp_path):
                                            end=6)
     # A list: the search stage's own schedulers are dropped.
     cfg.param_scheduler = [dict(type='LinearLR', begin=0, end=3),
-                           dict(type='CosineAnnealingLR', begin=3, end=9)]
+                           dict(type='CosineAnnealingLR', begin=3, end=9),
+                           dict(type='ConstantLR', begin=5)]
     out = method_config(cfg, 'plain', 0, str(tmp_path))
     assert out.param_scheduler == [
-        dict(type='CosineAnnealingLR', begin=0, end=6)]
+        dict(type='CosineAnnealingLR', begin=0, end=6),
+        dict(type='ConstantLR', begin=2)]
 
 
 def test_variants_file_is_checked(tmp_path):
