@@ -74,13 +74,13 @@ class WeightsProbeHook(Hook):
     def _record(self, runner, epoch):
         model = runner.model.module if hasattr(runner.model,
                                                'module') else runner.model
-        optimizer = runner.optim_wrapper.optimizer
-        weights = getattr(optimizer, 'optimizers', {}).get('weights',
-                                                           optimizer)
+        from repnas_mm.search.optim import weights_optimizer
+        weights = weights_optimizer(runner.optim_wrapper)
         record = dict(
             epoch=epoch,
             iter=runner.iter,
-            weights=sum(float(p.detach().double().sum()) for p in model.parameters()),
+            weights=sum(float(p.detach().double().sum())
+                        for p in model.parameters()),
             bn=sum(float(b.double().sum()) for n, b in model.named_buffers()
                    if 'running' in n),
             lr=weights.param_groups[0]['lr'],

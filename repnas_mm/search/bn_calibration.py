@@ -25,12 +25,19 @@ def bn_state(model: nn.Module) -> BNState:
     }
 
 
-def load_bn_state(model: nn.Module, state: BNState):
-    """Put back what :func:`bn_state` copied."""
-    buffers = dict(model.named_buffers())
+def load_tensors(model: nn.Module, state: Dict[str, torch.Tensor]):
+    """Copy ``state`` (names of parameters or buffers -> tensors) into the
+    model's own tensors, in place (optimizers keep their references)."""
+    tensors = dict(model.named_parameters())
+    tensors.update(model.named_buffers())
     with torch.no_grad():
         for key, value in state.items():
-            buffers[key].copy_(value)
+            tensors[key].copy_(value)
+
+
+def load_bn_state(model: nn.Module, state: BNState):
+    """Put back what :func:`bn_state` copied."""
+    load_tensors(model, state)
 
 
 @torch.no_grad()
@@ -89,5 +96,5 @@ def recalibrate_on_training_set(runner, num_images: int, seed: int) -> int:
         set_global_rng_state(rng)
 
 
-__all__ = ['bn_state', 'load_bn_state', 'recalibrate_bn',
+__all__ = ['bn_state', 'load_bn_state', 'load_tensors', 'recalibrate_bn',
            'recalibrate_on_training_set']

@@ -100,6 +100,15 @@ class JointOptimizer(Optimizer):
         return f'JointOptimizer({parts})'
 
 
+def weights_optimizer(optim_wrapper) -> Optimizer:
+    """The weights' optimizer of a wrapper: the ``weights`` part of a
+    :class:`JointOptimizer`, or the wrapper's optimizer itself."""
+    optimizer = optim_wrapper.optimizer
+    if isinstance(optimizer, JointOptimizer):
+        return optimizer.optimizers['weights']
+    return optimizer
+
+
 class _JointState(MutableMapping):
     """Per-parameter optimizer state across parts: a view, not a copy."""
 

@@ -13,10 +13,11 @@ from mmengine.registry import HOOKS
 from repnas_mm.rep import BRANCH_NAMES, ODBB
 from repnas_mm.rep.arch import save_arch
 
-from .bn_calibration import (bn_state, load_bn_state,
+from .bn_calibration import (bn_state, load_bn_state, load_tensors,
                              recalibrate_on_training_set)
 from .distributed import require_unused_parameters, unwrap_model
 from .figure import plot_architecture
+from .optim import weights_optimizer
 from .rng import global_rng_state, set_global_rng_state
 from .space import SearchSpace
 
@@ -172,13 +173,8 @@ class RepNASHook(Hook):
                 "RepNASHook(at_fix='retrain'): the weights the run started "
                 'from are unknown (resumed from a checkpoint saved without '
                 'them?)')
-        model = unwrap_model(runner.model)
-        tensors = dict(model.named_parameters())
-        tensors.update(model.named_buffers())
-        with torch.no_grad():
-            for key, value in self._start.items():
-                tensors[key].copy_(value)
-        _weights_optimizer(runner.optim_wrapper).state.clear()
+        load_tensors(unwrap_model(runner.model), self._start)
+        weights_optimizer(runner.optim_wrapper).state.clear()
         print_log(
             f'RepNAS: the searched network is retrained from the start: '
             f'{len(self._start)} weight tensors rewound, optimizer state '
@@ -200,7 +196,7 @@ class RepNASHook(Hook):
                           float(self.space.alpha.detach().mean()))
 
     def _reset_scheduled_values(self, runner):
-        groups = _weights_optimizer(runner.optim_wrapper).param_groups
+        groups = weights_optimizer(runner.optim_wrapper).param_groups
         reset = set()
         for group in groups:
             for key in list(group):
@@ -345,12 +341,6 @@ def _schedulers(schedulers) -> list:
     if isinstance(schedulers, dict):
         return [s for group in schedulers.values() for s in group]
     return list(schedulers)
-
-
-def _weights_optimizer(optim_wrapper):
-    """The weights' optimizer inside a RepNAS wrapper's JointOptimizer."""
-    optimizer = optim_wrapper.optimizer
-    return getattr(optimizer, 'optimizers', {}).get('weights', optimizer)
 
 
 def _start_weights(model) -> dict:
