@@ -39,7 +39,8 @@ class MaskProbeHook(Hook):
         record = dict(
             iter=runner.iter,
             mask=space.mask.int().tolist(),
-            alpha=space.alpha.detach().cpu().tolist())
+            alpha=space.alpha.detach().cpu().tolist(),
+            online=all(block.online for block in space.blocks))
         with open(f'{self.out}.rank{get_rank()}.jsonl', 'a') as f:
             f.write(json.dumps(record) + '\n')
 

@@ -375,9 +375,10 @@ def test_real_short_search_writes_arch_and_figure(tmp_path, cifar10_tiny):
         'testing' in log and 'accuracy/top1' in log
 
 
-def _search_cfg(tmp_path, probe):
+def _search_cfg(tmp_path, probe, online=False):
     cfg = tmp_path / 'search_probe.py'
     cfg.write_text(
+        ("model = dict(backbone=dict(online=True))\n" if online else '') +
         f"_base_ = '{SEARCH_CFG}'\n"
         "custom_imports = dict(imports=['repnas_mm', 'tests.probes'])\n"
         "custom_hooks = [dict(type='RepNASHook', budget=0.5, seed=0),\n"
@@ -394,9 +395,10 @@ def _records(path):
 
 
 @pytest.mark.slow
-def test_ddp_ranks_use_identical_masks(tmp_path, cifar10_tiny):
+@pytest.mark.parametrize('online', [False, True])
+def test_ddp_ranks_use_identical_masks(tmp_path, cifar10_tiny, online):
     probe = tmp_path / 'masks'
-    cfg = _search_cfg(tmp_path, probe)
+    cfg = _search_cfg(tmp_path, probe, online)
     run_dist_train(cfg, 2, '--work-dir', tmp_path / 'ddp',
                    '--cfg-options', 'train_cfg.max_epochs=2',
                    'train_dataloader.batch_size=4',
@@ -404,6 +406,7 @@ def test_ddp_ranks_use_identical_masks(tmp_path, cifar10_tiny):
     rank0, rank1 = (_records(f'{probe}.rank{r}.jsonl') for r in (0, 1))
     assert len(rank0) == len(rank1) == 8  # 32 images / (2 ranks x 4), 2 epochs
     assert len({tuple(r['mask']) for r in rank0}) > 1  # masks do change
+    assert all(r['online'] == online for r in rank0 + rank1)
     for a, b in zip(rank0, rank1):
         assert a['iter'] == b['iter'] and a['mask'] == b['mask']
         assert sum(a['mask']) == 22
@@ -413,12 +416,14 @@ def test_ddp_ranks_use_identical_masks(tmp_path, cifar10_tiny):
 
 
 @pytest.mark.slow
-def test_stop_and_resume_reproduces_masks_and_alpha(tmp_path, cifar10_tiny):
+@pytest.mark.parametrize('online', [False, True])
+def test_stop_and_resume_reproduces_masks_and_alpha(tmp_path, cifar10_tiny,
+                                                    online):
     env = {'PYTHONPATH': str(REPO)}
     options = ['--cfg-options', 'train_cfg.max_epochs=2',
                *cls_data_options(cifar10_tiny)]
     straight = tmp_path / 'straight'
-    cfg = _search_cfg(tmp_path, straight)
+    cfg = _search_cfg(tmp_path, straight, online)
     run_tool('tools/train.py', cfg, '--work-dir', tmp_path / 'a', *options,
              env=env)
     # The same run, stopped after epoch 1 and resumed.
@@ -434,6 +439,7 @@ def test_stop_and_resume_reproduces_masks_and_alpha(tmp_path, cifar10_tiny):
     b = _records(f'{stopped}.rank0.jsonl')
     assert [r['iter'] for r in a] == [r['iter'] for r in b] == list(
         range(8))
+    assert all(r['online'] == online for r in a + b)
     for ra, rb in zip(a, b):
         assert ra['mask'] == rb['mask'], ra['iter']
         assert ra['alpha'] == pytest.approx(rb['alpha'], abs=1e-6)

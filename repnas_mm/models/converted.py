@@ -8,6 +8,7 @@ from repnas_mm.rep.convert import convert_to_odbb
 def build_converted(backbone: dict,
                     branches='dbb',
                     weight_sharing: bool = False,
+                    online: bool = False,
                     input_size: int = 64):
     """Build ``backbone`` from the registry and convert it (config builder).
 
@@ -34,7 +35,8 @@ def build_converted(backbone: dict,
         model,
         torch.zeros(1, in_channels, input_size, input_size),
         branches=branches,
-        weight_sharing=weight_sharing)
+        weight_sharing=weight_sharing,
+        online=online)
     return model
 
 

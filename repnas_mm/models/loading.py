@@ -83,6 +83,11 @@ def load_pretrained(net: nn.Module,
             f'{checkpoint} holds a fused (deploy) network: it cannot '
             'initialise a multi-branch ODBBNet; build the backbone with '
             'deploy=True')
+    online = any(k.endswith('.conv.bn.weight') for k in state)
+    if not fused and not net.deploy and online != net.online:
+        raise CheckpointMismatch(
+            f'{checkpoint} holds {"online" if online else "offline"} ODBBs: '
+            f'build the backbone with online={online} (or deploy=True)')
     target = net
     if net.deploy and not fused:
         target = type(net)(
@@ -90,8 +95,10 @@ def load_pretrained(net: nn.Module,
             in_channels=net.stem.conv.in_channels,
             branches=[b.branch_names for b in net.blocks()],
             kernel_size=net.kernel_size,
-            # A shared main kernel is stored on the ODBB itself.
-            weight_sharing=any(k.endswith('.conv.weight') for k in state))
+            # A shared main kernel is stored on the ODBB itself, and so is
+            # the one BN of an online block.
+            weight_sharing=any(k.endswith('.conv.weight') for k in state),
+            online=online)
     unused = load_checked(target, state, checkpoint,
                           f'ODBBNet-{net.arch_name} with this architecture')
     if target is not net:

@@ -9,9 +9,11 @@ from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
-from .branches import BRANCH_NAMES, NormLayer, build_branch
+from .branches import BRANCH_NAMES, NormLayer, build_branch, fuse_conv_bn
+from .online import build_online_branch
 from .presets import BranchSpec, canonical, resolve_branches
 from .transforms import KernelBias, add_branches
 
@@ -30,6 +32,12 @@ class ODBB(nn.Module):
     each followed by its own BN; :meth:`kernel_bias` gives the one equivalent KxK
     conv, and :meth:`switch_to_deploy` turns the block into it.
 
+    Online (``online=True``, OREPA): the branches have per-channel scales
+    instead of BNs (:mod:`.online`), so the block is linear in training too;
+    every forward pass composes the active branches into one KxK kernel
+    (:meth:`kernel`) and runs one conv and one BN (``self.bn``) over the
+    feature map: about the cost of a plain conv whatever the branches.
+
     Args:
         in_channels, out_channels (int): channels.
         kernel_size (int): odd K. Padding is ``K // 2``.
@@ -40,9 +48,11 @@ class ODBB(nn.Module):
             or an explicit list of branch names (checked strictly).
         weight_sharing (bool): conv branches take their kernels from one main
             KxK kernel (RepNAS Eq. 5); each branch keeps its own BN.
+        online (bool): the online form (see above).
         deploy (bool): build the fused single conv directly (so that fused
             checkpoints load strictly).
-        norm_layer: builds a BN from a channel count.
+        norm_layer: builds a BN from a channel count (the branches' BNs, or
+            the online block's one BN).
     """
 
     def __init__(self,
@@ -54,7 +64,8 @@ class ODBB(nn.Module):
                  branches: BranchSpec = 'full',
                  weight_sharing: bool = True,
                  deploy: bool = False,
-                 norm_layer: NormLayer = nn.BatchNorm2d):
+                 norm_layer: NormLayer = nn.BatchNorm2d,
+                 online: bool = False):
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f'kernel_size must be odd, got {kernel_size}')
@@ -67,6 +78,7 @@ class ODBB(nn.Module):
         self.stride = stride
         self.groups = groups
         self.weight_sharing = weight_sharing
+        self.online = online
         self.branch_names = resolve_branches(branches, in_channels,
                                              out_channels, stride)
         self._active = self.branch_names
@@ -83,15 +95,18 @@ class ODBB(nn.Module):
             self.weight = nn.Parameter(
                 torch.empty(out_channels, in_channels // groups, kernel_size,
                             kernel_size))
-            nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+            # The branches' own choice: nn.Conv2d's offline, OREPA's online.
+            a = 0.0 if online else 5**0.5
+            nn.init.kaiming_uniform_(self.weight, a=a)
         else:
             self.weight = None
+        build = build_online_branch if online else build_branch
         self.branches = nn.ModuleDict({
-            name: build_branch(name, in_channels, out_channels, kernel_size,
-                               stride, groups, share and name in SHAREABLE,
-                               norm_layer)
+            name: build(name, in_channels, out_channels, kernel_size, stride,
+                        groups, share and name in SHAREABLE, norm_layer)
             for name in self.branch_names
         })
+        self.bn = norm_layer(out_channels) if online else None
         self.register_buffer(self.MASK, self._mask())
 
     def _make_fused_conv(self) -> nn.Conv2d:
@@ -172,6 +187,10 @@ class ODBB(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.fused_conv is not None:
             return self.fused_conv(x)
+        if self.online:
+            return self.bn(
+                F.conv2d(x, self.kernel(), None, self.stride,
+                         self.kernel_size // 2, 1, self.groups))
         out = None
         for i, name in enumerate(self.branch_names):
             if name not in self._active:
@@ -192,6 +211,8 @@ class ODBB(nn.Module):
         """
         if self.fused_conv is not None:
             return self.fused_conv.weight, self.fused_conv.bias
+        if self.online:
+            return fuse_conv_bn(self.kernel(), self.bn)
         parts = []
         for i, name in enumerate(self.branch_names):
             if name not in self._active:
@@ -201,6 +222,24 @@ class ODBB(nn.Module):
                 kernel, bias = kernel * self.gates[i], bias * self.gates[i]
             parts.append((kernel, bias))
         return add_branches(parts)
+
+    def kernel(self) -> Tensor:
+        """Online form: the KxK kernel the block convolves with (before its
+        BN): the sum of the active branches' kernels, each times its gate.
+
+        A gate multiplies a kernel, so the gates' gradients flow through the
+        composition; inactive branches are not composed at all.
+        """
+        if not self.online or self.fused_conv is not None:
+            raise RuntimeError('kernel() is the online multi-branch form\'s; '
+                               'use kernel_bias()')
+        total = None
+        for i, name in enumerate(self.branch_names):
+            if name in self._active:
+                gate = None if self.gates is None else self.gates[i]
+                kernel = self.branches[name].kernel(self.weight, gate)
+                total = kernel if total is None else total + kernel
+        return total
 
     def switch_to_deploy(self):
         """Replace the branches by one conv. Idempotent."""
@@ -212,6 +251,7 @@ class ODBB(nn.Module):
         conv.weight.data.copy_(kernel)
         conv.bias.data.copy_(bias)
         del self.branches
+        self.bn = None
         self.branch_mask = None
         self.weight = None
         self.gates = None
@@ -223,7 +263,8 @@ class ODBB(nn.Module):
         return (f'{self.in_channels}, {self.out_channels}, '
                 f'kernel_size={self.kernel_size}, stride={self.stride}, '
                 f'groups={self.groups}, branches={self.active}, '
-                f'weight_sharing={self.weight_sharing}, deploy={self.deploy}')
+                f'weight_sharing={self.weight_sharing}, online={self.online}, '
+                f'deploy={self.deploy}')
 
 
 def named_odbbs(model: nn.Module,

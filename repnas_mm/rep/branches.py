@@ -108,9 +108,10 @@ def pad_with_bn_of_zero(bn_out: Tensor, bn: nn.Module, padding: int,
     return F.pad(bn_out - value, (padding, ) * 4) + value
 
 
-def _new_kernel(out_channels, in_per_group, kh, kw) -> nn.Parameter:
+def _new_kernel(out_channels, in_per_group, kh, kw,
+                a: float = 5**0.5) -> nn.Parameter:
     weight = nn.Parameter(torch.empty(out_channels, in_per_group, kh, kw))
-    nn.init.kaiming_uniform_(weight, a=5**0.5)  # nn.Conv2d's default
+    nn.init.kaiming_uniform_(weight, a=a)  # a=sqrt(5): nn.Conv2d's default
     return weight
 
 
@@ -142,6 +143,9 @@ class Branch(nn.Module):
         self.groups = groups
         self.shared = shared
 
+    #: ``a`` of the kaiming-uniform initialisation of the branch's kernels.
+    kaiming_a = 5**0.5
+
     def extra_repr(self):
         return f'shared={self.shared}'
 
@@ -150,7 +154,8 @@ class Branch(nn.Module):
         self.kh, self.kw = kh, kw
         if not self.shared:
             self.weight = _new_kernel(self.out_channels,
-                                      self.in_channels // self.groups, kh, kw)
+                                      self.in_channels // self.groups, kh, kw,
+                                      self.kaiming_a)
 
     def _kernel(self, weight: Optional[Tensor]) -> Tensor:
         """Own kernel, or the centre crop of the main kernel (Eq. 5)."""
@@ -256,16 +261,20 @@ class Conv1x1AvgBranch(Branch):
         return merge_1x1_kxk(k1, b1, k2, b2, self.groups)
 
 
+def check_identity(in_channels: int, out_channels: int, stride: int):
+    """``ValueError`` unless an identity branch fits this shape."""
+    if in_channels != out_channels or stride != 1:
+        raise ValueError('the identity branch needs in_channels == '
+                         'out_channels and stride 1, got '
+                         f'{in_channels} -> {out_channels}, stride {stride}')
+
+
 class IdentityBranch(Branch):
     """BN of the input (RepVGG's identity branch): needs in == out, stride 1."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1,
                  groups=1, shared=False, norm_layer=nn.BatchNorm2d):
-        if in_channels != out_channels or stride != 1:
-            raise ValueError('the identity branch needs in_channels == '
-                             'out_channels and stride 1, got '
-                             f'{in_channels} -> {out_channels}, '
-                             f'stride {stride}')
+        check_identity(in_channels, out_channels, stride)
         super().__init__(in_channels, out_channels, kernel_size, stride,
                          groups, False, norm_layer)
         self.bn = norm_layer(out_channels)

@@ -169,7 +169,8 @@ def _split(name: str):
 def convert_to_odbb(model: nn.Module,
                     example: Optional[torch.Tensor] = None,
                     branches='dbb',
-                    weight_sharing: bool = False) -> List[str]:
+                    weight_sharing: bool = False,
+                    online: bool = False) -> List[str]:
     """Replace the model's KxK Conv+BN pairs by ODBBs, in place.
 
     Each ODBB has the ``branches`` (a preset or list, filtered to what is
@@ -189,6 +190,8 @@ def convert_to_odbb(model: nn.Module,
         weight_sharing: RepNAS Eq. 5 sharing. DyRep needs it off: growth
             and absorption adjust the main kernel, which shared branches
             would see too.
+        online: build online ODBBs (OREPA form): the BN becomes the block's
+            one BN, the conv the ``kxk`` kernel at scale 1.
     """
     if example is None:
         first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
@@ -220,7 +223,8 @@ def convert_to_odbb(model: nn.Module,
             conv.groups,
             branches=branches,
             weight_sharing=weight_sharing,
-            norm_layer=norm_layer).to(conv.weight)  # device and dtype
+            norm_layer=norm_layer,
+            online=online).to(conv.weight)  # device and dtype
         if MAIN not in block.branch_names:
             raise ValueError(f'branches {branches!r} lack the {MAIN!r} '
                              'branch that holds the converted conv')
@@ -229,7 +233,11 @@ def convert_to_odbb(model: nn.Module,
             (block.weight if weight_sharing else main.weight).copy_(
                 conv.weight)
         stats = bn.state_dict()  # a norm-act also holds its act's tensors
-        main.bn.load_state_dict({k: stats[k] for k in main.bn.state_dict()})
+        norm = block.bn if online else main.bn
+        norm.load_state_dict({k: stats[k] for k in norm.state_dict()})
+        if online:
+            with torch.no_grad():
+                main.scale.fill_(1.0)
         block.active = [MAIN]
         # What restore_conv_bn needs to put the stock pair back.
         block.stock_pair = dict(bn_name=_split(bn_name)[1], norm=bn)

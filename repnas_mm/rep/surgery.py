@@ -13,11 +13,17 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .block import MAIN, ODBB
+from .online import OnlineBranch
 
 
 def _shift_main(block: ODBB, kernel: torch.Tensor, bias: torch.Tensor,
                 sign: float):
     """Add ``sign * (kernel, bias)`` to the main branch's function.
+
+    Online blocks (no bias in any branch): the main branch's kernel is
+    ``scale * W``, so ``W`` moves by ``kernel / scale``; a channel with
+    ``scale == 0`` that must take a kernel is switched on with ``scale = 1``
+    and ``W = 0`` first.
 
     The main branch computes ``(W * x - mean) * gamma / std + beta``. A
     channel with ``gamma == 0`` (a zero-initialised residual BN) cannot take
@@ -26,6 +32,15 @@ def _shift_main(block: ODBB, kernel: torch.Tensor, bias: torch.Tensor,
     ``mean / std``, which leaves its output as it was.
     """
     main = block.branches[MAIN]
+    if block.online:
+        with torch.no_grad():
+            off = (main.scale == 0) & (kernel.flatten(1).abs().sum(1) > 0)
+            main.weight[off] = 0.0
+            main.scale[off] = 1.0
+            scale = main.scale.reshape(-1, 1, 1, 1)
+            scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+            main.weight.add_(sign * kernel / scale)
+        return
     bn = main.bn
     std = torch.sqrt(bn.running_var + bn.eps)
     with torch.no_grad():
@@ -56,17 +71,19 @@ def grow(block: ODBB, names: Sequence[str], bn_scale: float = 0.01):
     The new branch starts with BN weight ``bn_scale`` and bias 0 (0 and 0 on
     channels where the main BN weight is 0, as in zero-initialised residual
     blocks); its exact eval-mode ``(kernel, bias)`` is subtracted from the
-    main branch, so the block's eval-mode output does not move.
+    main branch, so the block's eval-mode output does not move. An online
+    branch starts with its per-channel scale at ``bn_scale`` instead.
     """
     new = [n for n in names if n not in block.active]
-    off = block.branches[MAIN].bn.weight.detach() == 0
+    off = _gamma(block, MAIN).detach() == 0
     for name in new:
         _check(block, name)
         branch = block.branches[name]
         with torch.no_grad():
-            branch.bn.weight.fill_(bn_scale)
-            branch.bn.weight[off] = 0.0
-            branch.bn.bias.zero_()
+            _gamma(block, name).fill_(bn_scale)
+            _gamma(block, name)[off] = 0.0
+            if not block.online:
+                branch.bn.bias.zero_()
         kernel, bias = branch.kernel_bias()
         _shift_main(block, kernel.detach(), bias.detach(), -1.0)
     block.active = list(block.active) + new
@@ -92,7 +109,17 @@ def absorb(block: ODBB, names: Sequence[str]):
     return released
 
 
+def _gamma(block: ODBB, name: str) -> torch.Tensor:
+    """The per-channel output scale of a branch: its BN's weight, or its
+    online scale."""
+    branch = block.branches[name]
+    return branch.scale if block.online else branch.bn.weight
+
+
 def _reset(module: nn.Module):
+    if isinstance(module, OnlineBranch):
+        module.reset_parameters()
+        return
     for m in module.modules():
         if m is not module and hasattr(m, 'reset_parameters'):
             m.reset_parameters()
@@ -106,7 +133,17 @@ def _reset(module: nn.Module):
 
 
 def bn_scale_ratio(block: ODBB, name: str) -> float:
-    """mean |BN weight| of a branch over that of the main branch."""
+    """mean |BN weight| of a branch over that of the main branch.
+
+    Online branches have no BN to read the output scale from (a branch's
+    kernel grows freely): the ratio is that of the mean per-channel norms of
+    the branches' scaled kernels, what the BN weights measure offline.
+    """
+    if block.online:
+        def size(n):
+            kernel = block.branches[n].kernel(block.weight).detach()
+            return kernel.flatten(1).norm(dim=1).mean()
+        return float(size(name) / size(MAIN).clamp_min(1e-12))
     main = block.branches[MAIN].bn.weight.detach().abs().mean()
     other = block.branches[name].bn.weight.detach().abs().mean()
     return float(other / main.clamp_min(1e-12))

@@ -58,17 +58,24 @@ def merge_1x1_kxk(k1: Tensor, b1: Tensor, k2: Tensor, b2: Tensor,
         raise ValueError(f'channels ({mid}, {out_channels}) are not '
                          f'divisible by groups={groups}')
     mid_g, out_g = mid // groups, out_channels // groups
+    kernel = merge_1x1_kxk_kernel(k1, k2, groups)
+    # Row o of the KxK kernel sees the 1x1 biases of its own group.
+    b1_per_row = b1.reshape(groups, mid_g).repeat_interleave(out_g, dim=0)
+    bias = (k2.sum(dim=(2, 3)) * b1_per_row).sum(dim=1) + b2
+    return kernel, bias
+
+
+def merge_1x1_kxk_kernel(k1: Tensor, k2: Tensor, groups: int = 1) -> Tensor:
+    """The kernel of :func:`merge_1x1_kxk` alone (bias-free convs)."""
+    out_channels, mid = k2.shape[0], k1.shape[0]
+    mid_g, out_g = mid // groups, out_channels // groups
     kernels = []
     for g in range(groups):
         k1_g = k1[g * mid_g:(g + 1) * mid_g]  # (mid_g, in_g, 1, 1)
         k2_g = k2[g * out_g:(g + 1) * out_g]  # (out_g, mid_g, K, K)
         # sum_m k2[o, m, u, v] * k1[m, i]: a conv of k2 with k1^T.
         kernels.append(F.conv2d(k2_g, k1_g.permute(1, 0, 2, 3)))
-    kernel = torch.cat(kernels, dim=0)
-    # Row o of the KxK kernel sees the 1x1 biases of its own group.
-    b1_per_row = b1.reshape(groups, mid_g).repeat_interleave(out_g, dim=0)
-    bias = (k2.sum(dim=(2, 3)) * b1_per_row).sum(dim=1) + b2
-    return kernel, bias
+    return torch.cat(kernels, dim=0) if groups > 1 else kernels[0]
 
 
 def avg_pool_kernel(channels: int, kernel_size: int, groups: int = 1,

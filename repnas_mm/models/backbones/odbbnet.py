@@ -53,6 +53,11 @@ class ODBBNet(BaseBackbone):
             legal branches).
         kernel_size (int): K of every block (odd).
         weight_sharing (bool): RepNAS Eq. 5 weight sharing inside blocks.
+        online (bool): online re-parameterization (OREPA): every block
+            composes its branches into one kernel each forward pass and runs
+            one conv + one BN (branch BNs become per-channel scales), so a
+            training step costs about a plain network's. Fuses to the same
+            deploy network.
         out_indices (Sequence[int]): stages whose outputs are returned.
         frozen_stages (int): freeze the stem (0) and the first stages.
         norm_eval (bool): keep BN layers in eval mode during training.
@@ -99,6 +104,7 @@ class ODBBNet(BaseBackbone):
                  branches='full',
                  kernel_size: int = 3,
                  weight_sharing: bool = True,
+                 online: bool = False,
                  out_indices: Sequence[int] = (-1, ),
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
@@ -109,6 +115,7 @@ class ODBBNet(BaseBackbone):
         self.arch_name, self.arch = self._parse_arch(arch)
         self.kernel_size = kernel_size
         self.weight_sharing = weight_sharing
+        self.online = online
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
@@ -119,7 +126,7 @@ class ODBBNet(BaseBackbone):
         specs = self._block_branches(branches, shapes)
         layers = iter(
             ODBBLayer(cin, cout, kernel_size, stride, groups, spec,
-                      weight_sharing, deploy)
+                      weight_sharing, deploy, online)
             for (cin, cout, stride, groups), spec in zip(shapes, specs))
         self.stem = next(layers)
         self.stages = []
@@ -254,10 +261,11 @@ class ODBBLayer(nn.Module):
     """An ODBB followed by ReLU: one layer of ODBBNet."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride, groups,
-                 branches, weight_sharing, deploy):
+                 branches, weight_sharing, deploy, online=False):
         super().__init__()
         self.conv = ODBB(in_channels, out_channels, kernel_size, stride,
-                         groups, branches, weight_sharing, deploy)
+                         groups, branches, weight_sharing, deploy,
+                         online=online)
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x):
