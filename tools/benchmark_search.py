@@ -1,15 +1,23 @@
 #!/usr/bin/env python
-"""Cost of the RepNAS search machinery, and the memory its budget saves.
+"""Training cost of the search: plain vs presets vs RepNAS, offline vs online.
 
-(a) time of one training step (forward, backward, optimizer step) of
-    ODBBNet-A0 + a linear head under the search at ``--budget`` (noise,
-    global ranking, straight-through gates, SGD + Adam on alpha) vs the same
-    network with *that step's* mask fixed and no search machinery (plain SGD).
-    Paired per repeat; median of the per-repeat ratios.
-(b) training memory at the budget vs the ``full`` supernet (every legal
-    branch) vs the ``repvgg`` preset: the bytes autograd saves for backward
-    (exact), and the peak resident memory of one training step measured in a
-    fresh process per configuration (and CUDA's peak allocation on a GPU).
+One training step (forward, backward, SGD step; Adam on alpha too for the
+searches) of ODBBNet + a linear head, side by side in one process:
+
+    plain            the kxk branch alone (a plain VGG-style network)
+    repvgg           the RepVGG preset (kxk, 1x1, identity)
+    search           the RepNAS search at --budget (noise, global ranking,
+                     straight-through gates, alpha's Adam), offline branches
+    search online    the same search, online blocks (OREPA form)
+    full             every legal branch, offline
+    full online      every legal branch, online
+
+(a) step time: every repeat runs each configuration once (rotating the
+    order); the table gives the median step and the median of the
+    per-repeat ratios to plain.
+(b) memory of one step, each configuration in a fresh process: the bytes
+    autograd saves for backward (exact), the rise of the peak RSS (and
+    CUDA's peak allocation on a GPU); ratios to plain.
 
 CPU here; CUDA when present. Not a test: timings on shared machines are
 noisy, so read the ratios, which are measured side by side.
@@ -53,9 +61,9 @@ def parse_args(argv=None):
 class Net(nn.Module):
     """Backbone + global pooling + a linear head (a classifier's step)."""
 
-    def __init__(self, arch, branches):
+    def __init__(self, arch, branches, online=False):
         super().__init__()
-        self.backbone = ODBBNet(arch, branches=branches)
+        self.backbone = ODBBNet(arch, branches=branches, online=online)
         channels = self.backbone.arch['channels'][-1]
         self.head = nn.Linear(channels, 1000)
 
@@ -67,58 +75,75 @@ def sgd(params):
     return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4)
 
 
-def train_step(model, optimizer, x, y):
-    loss = nn.functional.cross_entropy(model(x), y)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def time_search_overhead(args, device, batch):
-    """Paired timings: (search step, fixed-mask step) per repeat."""
-    torch.manual_seed(0)
-    model = Net(args.arch, 'full').to(device).train()
-    space = SearchSpace(model, budget=args.budget, seed=0).to(device)
-    adam = torch.optim.Adam([space.alpha], lr=1e-4, betas=(0.5, 0.999))
-    joint = JointOptimizer(dict(weights=sgd(model.parameters()), alpha=adam))
-    plain = sgd(model.parameters())
-    x = torch.randn(batch, 3, args.input_size, args.input_size, device=device)
-    y = torch.randint(0, 1000, (batch, ), device=device)
-
-    def search_step():
-        space.step()
-        train_step(model, joint, x, y)
-
-    def fixed_step():
-        # The same branches, no noise, no ranking, no gates, no alpha.
-        space.apply(space.mask, None)
-        train_step(model, plain, x, y)
-
-    for _ in range(2):  # warm-up
-        search_step()
-        fixed_step()
-    from tqdm import tqdm
-    pairs = []
-    for _ in tqdm(range(args.repeats), desc='(a) step time', unit='pair'):
-        sync(device)
-        start = time.perf_counter()
-        search_step()
-        sync(device)
-        t_search = time.perf_counter() - start
-        space.apply(space.mask, None)  # (outside the timed region)
-        sync(device)
-        start = time.perf_counter()
-        fixed_step()
-        sync(device)
-        pairs.append((t_search, time.perf_counter() - start))
-    return pairs
-
-
+#: name -> (branches, searched, online)
 CONFIGS = {
-    'budget': lambda a: ('full', a.budget),
-    'full': lambda a: ('full', None),
-    'repvgg': lambda a: ('repvgg', None),
+    'plain': ('plain', False, False),
+    'repvgg': ('repvgg', False, False),
+    'search': ('full', True, False),
+    'search online': ('full', True, True),
+    'full': ('full', False, False),
+    'full online': ('full', False, True),
 }
+
+
+class Setup:
+    """One configuration: its model, optimizer and (for searches) space."""
+
+    def __init__(self, name, args, device):
+        branches, searched, online = CONFIGS[name]
+        torch.manual_seed(0)
+        self.model = Net(args.arch, branches, online).to(device).train()
+        self.space = None
+        weights = sgd(self.model.parameters())
+        if searched:
+            self.space = SearchSpace(self.model, budget=args.budget,
+                                     seed=0).to(device)
+            adam = torch.optim.Adam([self.space.alpha], lr=1e-4,
+                                    betas=(0.5, 0.999))
+            self.optimizer = JointOptimizer(dict(weights=weights,
+                                                 alpha=adam))
+        else:
+            self.optimizer = weights
+
+    def branches(self):
+        return sum(len(b.active) for b in self.model.backbone.blocks())
+
+    def step(self, x, y, before_backward=None):
+        if self.space is not None:
+            self.space.step()  # a new noisy mask, as every search iteration
+        loss = nn.functional.cross_entropy(self.model(x), y)
+        if before_backward is not None:
+            before_backward()
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def inputs(args, device, batch):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, args.input_size, args.input_size, generator=gen)
+    y = torch.randint(0, 1000, (batch, ), generator=gen)
+    return x.to(device), y.to(device)
+
+
+def time_steps(args, device, batch):
+    """{name: [seconds per repeat]}, every configuration once per repeat."""
+    x, y = inputs(args, device, batch)
+    setups = {name: Setup(name, args, device) for name in CONFIGS}
+    for setup in setups.values():  # warm-up
+        for _ in range(2):
+            setup.step(x, y)
+    from tqdm import tqdm
+    names = list(CONFIGS)
+    times = {name: [] for name in names}
+    for r in tqdm(range(args.repeats), desc='(a) step time', unit='round'):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            sync(device)
+            start = time.perf_counter()
+            setups[name].step(x, y)
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def _status_kib(field):
@@ -152,19 +177,8 @@ def peak_rss_kib():
 
 def memory_probe(args, name, device, batch):
     """One training step of one configuration; runs in its own process."""
-    branches, budget = CONFIGS[name](args)
-    torch.manual_seed(0)
-    model = Net(args.arch, branches).to(device).train()
-    space = None
-    if budget is not None:
-        space = SearchSpace(model, budget=budget, seed=0).to(device)
-        space.step()
-    params = list(model.parameters()) + ([space.alpha] if space else [])
-    optimizer = sgd(params)
-    x = torch.randn(batch, 3, args.input_size, args.input_size, device=device)
-    y = torch.randint(0, 1000, (batch, ), device=device)
-    kept = sum(len(b.active) for b in model.backbone.blocks())
-
+    setup = Setup(name, args, device)
+    x, y = inputs(args, device, batch)
     saved = {}
 
     def pack(t):
@@ -177,12 +191,10 @@ def memory_probe(args, name, device, batch):
         base_cuda = torch.cuda.memory_allocated(device)
     base_rss = reset_peak_rss()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = nn.functional.cross_entropy(model(x), y)
-    loss.backward()
-    optimizer.step()
+        setup.step(x, y)
     result = dict(
         config=name,
-        branches=kept,
+        branches=setup.branches(),
         saved_mib=sum(saved.values()) / 2**20,
         rss_step_mib=(peak_rss_kib() - base_rss) / 1024)
     if device.type == 'cuda':
@@ -202,56 +214,51 @@ def main():
 
     where = describe_device(device)
     print(f'ODBBNet-{args.arch} training step; {where}; batch {batch}, '
-          f'{args.input_size}x{args.input_size}, fp32')
-    pairs = time_search_overhead(args, device, batch)
-    ratio = statistics.median(s / f for s, f in pairs)
-    t_search = statistics.median(s for s, _ in pairs)
-    t_fixed = statistics.median(f for _, f in pairs)
-
-    memory = []
+          f'{args.input_size}x{args.input_size}, fp32; search budget '
+          f'{args.budget}')
+    times = time_steps(args, device, batch)
+    memory = {}
     for name in CONFIGS:
         cmd = [sys.executable, __file__, '--memory-probe', name, '--arch',
                args.arch, '--budget', str(args.budget), '--batch-size',
                str(batch), '--input-size', str(args.input_size), '--device',
                device.type]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        memory.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        memory[name] = json.loads(out.stdout.strip().splitlines()[-1])
         print(f'(b) memory: {name} done', flush=True)
-    by_name = {m['config']: m for m in memory}
 
-    print('\n(a) search machinery, median of per-repeat paired ratios')
-    print(markdown_table(
-        ['step', 'seconds (median)', 'ratio'],
-        [[f'search, budget {args.budget} (noise, ranking, gates, Adam on '
-          'alpha)', f'{t_search:.3f}', f'{ratio:.3f}'],
-         ['same mask fixed, no search machinery', f'{t_fixed:.3f}',
-          '1.000']]))
-    print('\n(b) training memory of one step')
-    headers = ['configuration', 'branches', 'saved for backward (MiB)',
-               'vs full', 'peak RSS of the step (MiB)', 'vs full']
+    plain_t, plain_m = times['plain'], memory['plain']
+    headers = ['configuration', 'branches', 'step s (median)', 'vs plain',
+               'saved for backward MiB', 'vs plain', 'step peak RSS MiB',
+               'vs plain']
     if device.type == 'cuda':
-        headers += ['CUDA peak (MiB)', 'vs full']
-    full = by_name['full']
-    rows = []
-    labels = {'budget': f'search, budget {args.budget}',
-              'full': 'full supernet', 'repvgg': 'repvgg preset'}
-    for name, m in by_name.items():
-        row = [labels[name], m['branches'], f'{m["saved_mib"]:.0f}',
-               f'{m["saved_mib"] / full["saved_mib"]:.2f}',
+        headers += ['CUDA peak MiB', 'vs plain']
+    rows, summary = [], {}
+    for name in CONFIGS:
+        m = memory[name]
+        ratio = statistics.median(t / p for t, p in zip(times[name], plain_t))
+        label = name.replace('search', f'search@{args.budget}')
+        row = [label, m['branches'], f'{statistics.median(times[name]):.3f}',
+               f'{ratio:.2f}', f'{m["saved_mib"]:.0f}',
+               f'{m["saved_mib"] / plain_m["saved_mib"]:.2f}',
                f'{m["rss_step_mib"]:.0f}',
-               f'{m["rss_step_mib"] / full["rss_step_mib"]:.2f}']
+               f'{m["rss_step_mib"] / plain_m["rss_step_mib"]:.2f}']
         if device.type == 'cuda':
             row += [f'{m["cuda_peak_mib"]:.0f}',
-                    f'{m["cuda_peak_mib"] / full["cuda_peak_mib"]:.2f}']
+                    f'{m["cuda_peak_mib"] / plain_m["cuda_peak_mib"]:.2f}']
         rows.append(row)
+        summary[name] = dict(step_ratio=ratio,
+                             saved_ratio=m['saved_mib'] / plain_m['saved_mib'])
+    print(f'\nmedians over {args.repeats} rounds; ratios: median of the '
+          'per-round ratios to plain')
     print(markdown_table(headers, rows))
     if args.out:
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
         with open(args.out, 'w') as f:
             json.dump(dict(device=where, batch_size=batch,
                            input_size=args.input_size, budget=args.budget,
-                           step_pairs=pairs, step_ratio=ratio,
-                           memory=memory), f, indent=2)
+                           repeats=args.repeats, step_seconds=times,
+                           memory=memory, ratios=summary), f, indent=2)
 
 
 if __name__ == '__main__':
