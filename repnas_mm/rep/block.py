@@ -47,7 +47,8 @@ class ODBB(nn.Module):
             ``acb``, ``dbb``, ``full``; filtered to the branches legal here)
             or an explicit list of branch names (checked strictly).
         weight_sharing (bool): conv branches take their kernels from one main
-            KxK kernel (RepNAS Eq. 5); each branch keeps its own BN.
+            KxK kernel (RepNAS Eq. 5); each branch keeps its own BN (or,
+            online, its own scale).
         online (bool): the online form (see above).
         deploy (bool): build the fused single conv directly (so that fused
             checkpoints load strictly).
@@ -84,6 +85,7 @@ class ODBB(nn.Module):
         self._active = self.branch_names
         self.gates: Optional[Tensor] = None
         self.deploy = deploy
+        self.bn = None  # the online block's one BN
         if deploy:
             self.fused_conv = self._make_fused_conv()
             self.register_buffer(self.MASK, None)
@@ -106,7 +108,8 @@ class ODBB(nn.Module):
                         groups, share and name in SHAREABLE, norm_layer)
             for name in self.branch_names
         })
-        self.bn = norm_layer(out_channels) if online else None
+        if online:
+            self.bn = norm_layer(out_channels)
         self.register_buffer(self.MASK, self._mask())
 
     def _make_fused_conv(self) -> nn.Conv2d:
@@ -225,10 +228,11 @@ class ODBB(nn.Module):
 
     def kernel(self) -> Tensor:
         """Online form: the KxK kernel the block convolves with (before its
-        BN): the sum of the active branches' kernels, each times its gate.
+        BN): the sum of the active branches' kernels.
 
-        A gate multiplies a kernel, so the gates' gradients flow through the
-        composition; inactive branches are not composed at all.
+        A gate multiplies its branch's per-channel scale, so the gates'
+        gradients flow through the composition; inactive branches are not
+        composed at all.
         """
         if not self.online or self.fused_conv is not None:
             raise RuntimeError('kernel() is the online multi-branch form\'s; '
