@@ -1,0 +1,11 @@
+# Offline vs online ODBBs (issue 17) under the default demo workflow (configs/demo/odbb_fmnist_cls.py:
+# search 3 epochs, then the searched network retrained for 6), run by
+#   python tools/compare_architectures.py configs/demo/odbb_fmnist_cls.py \
+#       --work-dir work_dirs/online_demo --methods repnas \
+#       --variants docs/results/online_demo/variants.py
+# (and the same with configs/demo/odbb_cifar10_subset_cls.py). The method repnas-online is the
+# same search and retraining with every block in online form (OREPA): one conv + one BN per
+# block, branch BNs replaced by per-channel scales.
+variants = {
+    'online': {'model.backbone.online': True},
+}
