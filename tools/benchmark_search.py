@@ -108,12 +108,10 @@ class Setup:
     def branches(self):
         return sum(len(b.active) for b in self.model.backbone.blocks())
 
-    def step(self, x, y, before_backward=None):
+    def step(self, x, y):
         if self.space is not None:
             self.space.step()  # a new noisy mask, as every search iteration
         loss = nn.functional.cross_entropy(self.model(x), y)
-        if before_backward is not None:
-            before_backward()
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
