@@ -73,7 +73,7 @@ def test_every_subset_composes_its_branches_and_fuses_exactly(
         stride, groups, K, weight_sharing):
     """The one composed conv == the branches run on the feature map (small
     9x9 inputs: borders everywhere), and the online block in eval == its
-    fused conv, for every legal subset."""
+    fused conv, for every legal subset; with search gates (not 1) too."""
     shapes = [(8, 12)]
     if stride == 1:
         shapes.append((8, 8))  # identity is legal
@@ -88,6 +88,7 @@ def test_every_subset_composes_its_branches_and_fuses_exactly(
             block = randomize_online(
                 ODBB(cin, cout, K, stride, groups, subset,
                      weight_sharing=weight_sharing, online=True), seed=i).eval()
+            block.set_gates(torch.rand(len(block.branch_names)) + 0.5)
             x = torch.randn(2, cin, 9, 9)
             with torch.no_grad():
                 composed = pre_bn(block, x)
