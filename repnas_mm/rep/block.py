@@ -12,8 +12,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .branches import BRANCH_NAMES, NormLayer, build_branch, fuse_conv_bn
-from .online import build_online_branch
+from .branches import (BRANCH_NAMES, Branch, NormLayer, build_branch,
+                       fuse_conv_bn, new_kernel)
+from .online import OnlineBranch, build_online_branch
 from .presets import BranchSpec, canonical, resolve_branches
 from .transforms import KernelBias, add_branches
 
@@ -94,12 +95,10 @@ class ODBB(nn.Module):
         share = weight_sharing and any(n in SHAREABLE
                                        for n in self.branch_names)
         if share:
-            self.weight = nn.Parameter(
-                torch.empty(out_channels, in_channels // groups, kernel_size,
-                            kernel_size))
-            # The branches' own choice: nn.Conv2d's offline, OREPA's online.
-            a = 0.0 if online else 5**0.5
-            nn.init.kaiming_uniform_(self.weight, a=a)
+            # Initialised as the branches' own kernels are.
+            kind = OnlineBranch if online else Branch
+            self.weight = new_kernel(out_channels, in_channels // groups,
+                                     kernel_size, kernel_size, kind.kaiming_a)
         else:
             self.weight = None
         build = build_online_branch if online else build_branch

@@ -108,8 +108,9 @@ def pad_with_bn_of_zero(bn_out: Tensor, bn: nn.Module, padding: int,
     return F.pad(bn_out - value, (padding, ) * 4) + value
 
 
-def _new_kernel(out_channels, in_per_group, kh, kw,
+def new_kernel(out_channels, in_per_group, kh, kw,
                 a: float = 5**0.5) -> nn.Parameter:
+    """A conv kernel parameter, kaiming-uniform initialised with ``a``."""
     weight = nn.Parameter(torch.empty(out_channels, in_per_group, kh, kw))
     nn.init.kaiming_uniform_(weight, a=a)  # a=sqrt(5): nn.Conv2d's default
     return weight
@@ -149,11 +150,20 @@ class Branch(nn.Module):
     def extra_repr(self):
         return f'shared={self.shared}'
 
+    def reset_parameters(self):
+        """A fresh branch: new kernels, its BNs back to their initial state
+        (DyRep regrows the branches it removed)."""
+        for m in self.children():
+            if hasattr(m, 'reset_parameters'):
+                m.reset_parameters()  # a BN's also resets its statistics
+        if not self.shared and getattr(self, 'weight', None) is not None:
+            nn.init.kaiming_uniform_(self.weight, a=self.kaiming_a)
+
     def _init_kernel(self, kh: int, kw: int):
         """The branch's ``kh x kw`` conv kernel: its own, or a shared crop."""
         self.kh, self.kw = kh, kw
         if not self.shared:
-            self.weight = _new_kernel(self.out_channels,
+            self.weight = new_kernel(self.out_channels,
                                       self.in_channels // self.groups, kh, kw,
                                       self.kaiming_a)
 
@@ -225,6 +235,11 @@ class Conv1x1KxKBranch(Branch):
         y = F.conv2d(t, self._kernel(weight), None, self.stride, 0, 1,
                      self.groups)
         return batch_norm(self.bn, y, gate)
+
+    def reset_parameters(self):
+        super().reset_parameters()
+        with torch.no_grad():
+            nn.init.dirac_(self.weight_1x1, groups=self.groups)
 
     def kernel_bias(self, weight=None):
         k1, b1 = fuse_conv_bn(self.weight_1x1, self.bn_1x1)

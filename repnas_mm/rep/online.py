@@ -99,11 +99,9 @@ class OnlineBranch(Branch):
                         'block convolves with the summed kernels')
 
     def reset_parameters(self):
-        """Back to the initial state (a branch DyRep removed and may regrow)."""
+        super().reset_parameters()
         with torch.no_grad():
             self.scale.fill_(INIT_SCALE[self.name])
-            if not self.shared and getattr(self, 'weight', None) is not None:
-                nn.init.kaiming_uniform_(self.weight, a=self.kaiming_a)
 
 
 class OnlineConvBranch(OnlineBranch):

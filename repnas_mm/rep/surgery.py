@@ -10,50 +10,39 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from .block import MAIN, ODBB
-from .online import OnlineBranch
 
 
 def _shift_main(block: ODBB, kernel: torch.Tensor, bias: torch.Tensor,
                 sign: float):
     """Add ``sign * (kernel, bias)`` to the main branch's function.
 
-    Online blocks (no bias in any branch): the main branch's kernel is
-    ``scale * W``, so ``W`` moves by ``kernel / scale``; a channel with
-    ``scale == 0`` that must take a kernel is switched on with ``scale = 1``
-    and ``W = 0`` first.
-
-    The main branch computes ``(W * x - mean) * gamma / std + beta``. A
-    channel with ``gamma == 0`` (a zero-initialised residual BN) cannot take
-    a kernel through ``W``; where one must be added there, the channel is
-    first switched on with ``gamma = 1``, ``W = 0`` and ``beta`` raised by
-    ``mean / std``, which leaves its output as it was.
+    The main branch computes ``(W * x - mean) * gamma / std + beta``, or
+    online ``scale * (W * x)`` (no bias in any online branch: ``gamma`` is
+    the scale, ``std`` 1). A channel with ``gamma == 0`` (a zero-initialised
+    residual BN) cannot take a kernel through ``W``; where one must be added
+    there, the channel is first switched on with ``gamma = 1``, ``W = 0``
+    and (offline) ``beta`` raised by ``mean / std``, which leaves its output
+    as it was.
     """
     main = block.branches[MAIN]
-    if block.online:
-        with torch.no_grad():
-            off = (main.scale == 0) & (kernel.flatten(1).abs().sum(1) > 0)
-            main.weight[off] = 0.0
-            main.scale[off] = 1.0
-            scale = main.scale.reshape(-1, 1, 1, 1)
-            scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-            main.weight.add_(sign * kernel / scale)
-        return
-    bn = main.bn
-    std = torch.sqrt(bn.running_var + bn.eps)
+    gamma = _gamma(block, MAIN)
+    bn = None if block.online else main.bn
     with torch.no_grad():
-        off = (bn.weight == 0) & (kernel.flatten(1).abs().sum(1) > 0)
+        std = 1.0 if bn is None else torch.sqrt(bn.running_var + bn.eps)
+        off = (gamma == 0) & (kernel.flatten(1).abs().sum(1) > 0)
         if off.any():
             main.weight[off] = 0.0
-            bn.weight[off] = 1.0
-            bn.bias[off] += bn.running_mean[off] / std[off]
-        scale = (bn.weight / std).reshape(-1, 1, 1, 1)
+            gamma[off] = 1.0
+            if bn is not None:
+                bn.bias[off] += bn.running_mean[off] / std[off]
+        scale = (gamma / std).reshape(-1, 1, 1, 1)
         # Channels still off take no kernel (theirs is zero): no 0 / 0.
         scale = torch.where(scale == 0, torch.ones_like(scale), scale)
         main.weight.add_(sign * kernel / scale)
-        bn.bias.add_(sign * bias)
+        if bn is not None:
+            bn.bias.add_(sign * bias)
 
 
 def _check(block: ODBB, name: str):
@@ -104,7 +93,7 @@ def absorb(block: ODBB, names: Sequence[str]):
         kernel, bias = branch.kernel_bias()
         _shift_main(block, kernel.detach(), bias.detach(), +1.0)
         released += list(branch.parameters())
-        _reset(branch)
+        branch.reset_parameters()
     block.active = [n for n in block.active if n not in gone]
     return released
 
@@ -114,22 +103,6 @@ def _gamma(block: ODBB, name: str) -> torch.Tensor:
     online scale."""
     branch = block.branches[name]
     return branch.scale if block.online else branch.bn.weight
-
-
-def _reset(module: nn.Module):
-    if isinstance(module, OnlineBranch):
-        module.reset_parameters()
-        return
-    for m in module.modules():
-        if m is not module and hasattr(m, 'reset_parameters'):
-            m.reset_parameters()
-        if isinstance(m, _BatchNorm):
-            m.reset_running_stats()
-    for name, param in module.named_parameters(recurse=False):
-        if name == 'weight':
-            nn.init.kaiming_uniform_(param, a=5**0.5)
-        elif name == 'weight_1x1':
-            nn.init.dirac_(param, groups=module.groups)
 
 
 def bn_scale_ratio(block: ODBB, name: str) -> float:
