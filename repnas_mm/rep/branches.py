@@ -109,7 +109,7 @@ def pad_with_bn_of_zero(bn_out: Tensor, bn: nn.Module, padding: int,
 
 
 def new_kernel(out_channels, in_per_group, kh, kw,
-                a: float = 5**0.5) -> nn.Parameter:
+               a: float = 5**0.5) -> nn.Parameter:
     """A conv kernel parameter, kaiming-uniform initialised with ``a``."""
     weight = nn.Parameter(torch.empty(out_channels, in_per_group, kh, kw))
     nn.init.kaiming_uniform_(weight, a=a)  # a=sqrt(5): nn.Conv2d's default
@@ -164,8 +164,8 @@ class Branch(nn.Module):
         self.kh, self.kw = kh, kw
         if not self.shared:
             self.weight = new_kernel(self.out_channels,
-                                      self.in_channels // self.groups, kh, kw,
-                                      self.kaiming_a)
+                                     self.in_channels // self.groups, kh, kw,
+                                     self.kaiming_a)
 
     def _kernel(self, weight: Optional[Tensor]) -> Tensor:
         """Own kernel, or the centre crop of the main kernel (Eq. 5)."""
