@@ -9,7 +9,6 @@ Pure PyTorch: nothing here knows about saliency or schedules (that is
 from typing import Sequence
 
 import torch
-import torch.nn as nn
 
 from .block import MAIN, ODBB
 
