@@ -28,15 +28,18 @@ def fused_vs_branches(block, x):
     return ref, got
 
 
+@pytest.mark.parametrize('quant_friendly', [False, True])
 @pytest.mark.parametrize('weight_sharing', [True, False])
 @pytest.mark.parametrize('K', [3, 5])
 @pytest.mark.parametrize('groups', [1, 2, 4])
 @pytest.mark.parametrize('stride', [1, 2])
-def test_every_subset_fuses_exactly(stride, groups, K, weight_sharing):
+def test_every_subset_fuses_exactly(stride, groups, K, weight_sharing,
+                                    quant_friendly):
     """Every legal non-empty subset, in != out (and in == out for identity).
 
     Inputs are small (9x9 with K=5: most outputs touch the border), so the
     BN-of-zero padding of the 1x1-KxK and 1x1-avg branches is checked too.
+    The quantization-friendly form (BN-free branches, post-BN) as well.
     """
     shapes = [(8, 12)]  # in != out: identity is illegal
     if stride == 1:
@@ -50,7 +53,8 @@ def test_every_subset_fuses_exactly(stride, groups, K, weight_sharing):
         for i, subset in enumerate(subsets):
             torch.manual_seed(i)
             block = ODBB(cin, cout, K, stride, groups, subset,
-                         weight_sharing=weight_sharing)
+                         weight_sharing=weight_sharing,
+                         quant_friendly=quant_friendly)
             randomize_bn(block, seed=i)
             x = torch.randn(2, cin, 9, 9)
             ref, got = fused_vs_branches(block, x)

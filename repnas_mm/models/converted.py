@@ -9,6 +9,7 @@ def build_converted(backbone: dict,
                     branches='dbb',
                     weight_sharing: bool = False,
                     online: bool = False,
+                    quant_friendly: bool = False,
                     input_size: int = 64):
     """Build ``backbone`` from the registry and convert it (config builder).
 
@@ -36,7 +37,8 @@ def build_converted(backbone: dict,
         torch.zeros(1, in_channels, input_size, input_size),
         branches=branches,
         weight_sharing=weight_sharing,
-        online=online)
+        online=online,
+        quant_friendly=quant_friendly)
     return model
 
 

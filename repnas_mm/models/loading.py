@@ -83,11 +83,18 @@ def load_pretrained(net: nn.Module,
             f'{checkpoint} holds a fused (deploy) network: it cannot '
             'initialise a multi-branch ODBBNet; build the backbone with '
             'deploy=True')
-    online = any(k.endswith('.conv.bn.weight') for k in state)
-    if not fused and not net.deploy and online != net.online:
+    # Online blocks: branch scales and one BN; quantization-friendly
+    # blocks: branch BNs and one BN after the sum.
+    online = any(k.endswith('.scale') and '.branches.' in k for k in state)
+    quant_friendly = not online and any(
+        k.endswith('.conv.bn.weight') for k in state)
+    form = dict(online=online, quant_friendly=quant_friendly)
+    if not fused and not net.deploy and (online, quant_friendly) != (
+            net.online, net.quant_friendly):
         raise CheckpointMismatch(
-            f'{checkpoint} holds {"online" if online else "offline"} ODBBs: '
-            f'build the backbone with online={online} (or deploy=True)')
+            f'{checkpoint} holds ODBBs built with online={online}, '
+            f'quant_friendly={quant_friendly}: build the backbone so (or '
+            'with deploy=True)')
     target = net
     if net.deploy and not fused:
         target = type(net)(
@@ -96,9 +103,9 @@ def load_pretrained(net: nn.Module,
             branches=[b.branch_names for b in net.blocks()],
             kernel_size=net.kernel_size,
             # A shared main kernel is stored on the ODBB itself, and so is
-            # the one BN of an online block.
+            # the one BN of an online or quantization-friendly block.
             weight_sharing=any(k.endswith('.conv.weight') for k in state),
-            online=online)
+            **form)
     unused = load_checked(target, state, checkpoint,
                           f'ODBBNet-{net.arch_name} with this architecture')
     if target is not net:

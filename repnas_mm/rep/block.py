@@ -23,6 +23,8 @@ from .transforms import KernelBias, add_branches
 MAIN = 'kxk'
 # Branches whose conv kernel can be a centre crop of the main KxK kernel.
 SHAREABLE = ('1x1', 'kxk', '1x1_kxk', '1x1_avg', '1xk', 'kx1')
+#: The branches without a BN in the quantization-friendly form (see ODBB).
+NORM_FREE = ('1x1', '1xk', 'kx1', 'identity')
 
 
 class ODBB(nn.Module):
@@ -39,6 +41,36 @@ class ODBB(nn.Module):
     (:meth:`kernel`) and runs one conv and one BN (``self.bn``) over the
     feature map: about the cost of a plain conv whatever the branches.
 
+    Quantization-friendly (``quant_friendly=True``): QARepVGG's block
+    (Chu et al., AAAI'24) generalised to the seven branches. RepVGG loses
+    20 points of top-1 under post-training INT8 quantization because a
+    branch BN scales the part of the fused kernel its branch covers by its
+    own ``gamma / sigma``: a few taps of some output channels get values far
+    from the rest of the kernel (wide per-channel ranges, coarse INT8
+    steps), and the block's output variance grows with every identity. So:
+
+    - ``identity`` has no BN (QARepVGG): its BN's fused kernel is one tap,
+      ``gamma / sigma`` of the input channel, unbounded as that channel's
+      variance goes to 0; without it, the identity adds exactly 1 there.
+    - ``1x1`` has no BN (QARepVGG), and for the same reason neither have
+      ``1xk`` and ``kx1``: each adds to only part of the KxK support (the
+      centre, the middle row, the middle column), and a BN of its own
+      would rescale those taps independently of the rest of the kernel.
+      Without a BN they are plain convs whose kernels add to those taps.
+    - ``kxk``, ``1x1_kxk`` and ``1x1_avg`` keep their BNs: each covers the
+      whole KxK support, so its BN scales whole kernel rows (per output
+      channel) evenly, which per-channel weight quantization absorbs; and
+      the BNs are what make the two-layer branches more than a
+      re-parameterized KxK in training (DBB). QARepVGG keeps the KxK BN.
+    - one BN after the sum (``self.bn``, QARepVGG's post-BN) normalises the
+      block's output, bounding the variance the BN-free branches add.
+
+    A search gate multiplies a BN-free conv branch's kernel (no extra pass
+    over the feature map) and the BN-free identity's output; branches with
+    a BN take it in their BN as usual. Fusion is exact (the branches' sum,
+    then the post-BN folded in). Train with plain L2 weight decay (as every
+    config here does), as QARepVGG does.
+
     Args:
         in_channels, out_channels (int): channels.
         kernel_size (int): odd K. Padding is ``K // 2``.
@@ -51,10 +83,13 @@ class ODBB(nn.Module):
             KxK kernel (RepNAS Eq. 5); each branch keeps its own BN (or,
             online, its own scale).
         online (bool): the online form (see above).
+        quant_friendly (bool): the quantization-friendly form (see above);
+            the online form has no branch BNs at all, so the two do not
+            combine.
         deploy (bool): build the fused single conv directly (so that fused
             checkpoints load strictly).
-        norm_layer: builds a BN from a channel count (the branches' BNs, or
-            the online block's one BN).
+        norm_layer: builds a BN from a channel count (the branches' BNs, and
+            the online and quantization-friendly blocks' one BN).
     """
 
     def __init__(self,
@@ -67,13 +102,18 @@ class ODBB(nn.Module):
                  weight_sharing: bool = True,
                  deploy: bool = False,
                  norm_layer: NormLayer = nn.BatchNorm2d,
-                 online: bool = False):
+                 online: bool = False,
+                 quant_friendly: bool = False):
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f'kernel_size must be odd, got {kernel_size}')
         if in_channels % groups or out_channels % groups:
             raise ValueError(f'groups={groups} must divide in_channels='
                              f'{in_channels} and out_channels={out_channels}')
+        if online and quant_friendly:
+            raise ValueError('online=True and quant_friendly=True do not '
+                             'combine: online blocks have no branch BNs to '
+                             'remove (they already end in one BN)')
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
@@ -81,12 +121,13 @@ class ODBB(nn.Module):
         self.groups = groups
         self.weight_sharing = weight_sharing
         self.online = online
+        self.quant_friendly = quant_friendly
         self.branch_names = resolve_branches(branches, in_channels,
                                              out_channels, stride)
         self._active = self.branch_names
         self.gates: Optional[Tensor] = None
         self.deploy = deploy
-        self.bn = None  # the online block's one BN
+        self.bn = None  # the online / quantization-friendly block's one BN
         if deploy:
             self.fused_conv = self._make_fused_conv()
             self.register_buffer(self.MASK, None)
@@ -101,13 +142,15 @@ class ODBB(nn.Module):
                                      kernel_size, kernel_size, kind.kaiming_a)
         else:
             self.weight = None
-        build = build_online_branch if online else build_branch
-        self.branches = nn.ModuleDict({
-            name: build(name, in_channels, out_channels, kernel_size, stride,
-                        groups, share and name in SHAREABLE, norm_layer)
-            for name in self.branch_names
-        })
-        if online:
+        branches = {}
+        for name in self.branch_names:
+            args = (name, in_channels, out_channels, kernel_size, stride,
+                    groups, share and name in SHAREABLE, norm_layer)
+            branches[name] = build_online_branch(*args) if online else \
+                build_branch(*args, norm=not (quant_friendly
+                                              and name in NORM_FREE))
+        self.branches = nn.ModuleDict(branches)
+        if online or quant_friendly:
             self.bn = norm_layer(out_channels)
         self.register_buffer(self.MASK, self._mask())
 
@@ -200,7 +243,7 @@ class ODBB(nn.Module):
             gate = None if self.gates is None else self.gates[i]
             y = self.branches[name](x, self.weight, gate)
             out = y if out is None else out + y
-        return out
+        return out if self.bn is None else self.bn(out)
 
     # -- fusion -----------------------------------------------------------
     def kernel_bias(self) -> KernelBias:
@@ -223,7 +266,10 @@ class ODBB(nn.Module):
             if self.gates is not None:
                 kernel, bias = kernel * self.gates[i], bias * self.gates[i]
             parts.append((kernel, bias))
-        return add_branches(parts)
+        kernel, bias = add_branches(parts)
+        if self.bn is None:
+            return kernel, bias
+        return fuse_conv_bn(kernel, self.bn, bias)  # the post-BN
 
     def kernel(self) -> Tensor:
         """Online form: the KxK kernel the block convolves with (before its
@@ -267,7 +313,7 @@ class ODBB(nn.Module):
                 f'kernel_size={self.kernel_size}, stride={self.stride}, '
                 f'groups={self.groups}, branches={self.active}, '
                 f'weight_sharing={self.weight_sharing}, online={self.online}, '
-                f'deploy={self.deploy}')
+                f'quant_friendly={self.quant_friendly}, deploy={self.deploy}')
 
 
 def named_odbbs(model: nn.Module,

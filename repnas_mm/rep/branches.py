@@ -46,9 +46,10 @@ def _bn_stats(bn: nn.Module):
     return bn.running_mean, bn.running_var, gamma, beta, bn.eps
 
 
-def fuse_conv_bn(kernel: Tensor, bn: nn.Module) -> KernelBias:
+def fuse_conv_bn(kernel: Tensor, bn: nn.Module,
+                 bias: Optional[Tensor] = None) -> KernelBias:
     """:func:`fuse_bn` reading the statistics from a BN module."""
-    return fuse_bn(kernel, *_bn_stats(bn))
+    return fuse_bn(kernel, *_bn_stats(bn), bias=bias)
 
 
 def batch_norm(bn: nn.Module, x: Tensor,
@@ -191,23 +192,34 @@ class Branch(nn.Module):
 
 
 class ConvBranch(Branch):
-    """``kh x kw`` conv + BN: the ``1x1``, ``kxk``, ``1xk`` and ``kx1`` branches."""
+    """``kh x kw`` conv + BN: the ``1x1``, ``kxk``, ``1xk`` and ``kx1`` branches.
+
+    ``norm=False``: the conv alone (the quantization-friendly block's
+    ``1x1``, ``1xk`` and ``kx1``); a gate then multiplies the kernel.
+    """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1,
                  groups=1, shared=False, norm_layer=nn.BatchNorm2d, *,
-                 kh: int, kw: int):
+                 kh: int, kw: int, norm: bool = True):
         super().__init__(in_channels, out_channels, kernel_size, stride,
                          groups, shared, norm_layer)
         self._init_kernel(kh, kw)
-        self.bn = norm_layer(out_channels)
+        self.bn = norm_layer(out_channels) if norm else None
 
     def forward(self, x, weight=None, gate=None):
-        y = F.conv2d(x, self._kernel(weight), None, self.stride,
+        kernel = self._kernel(weight)
+        if self.bn is None and gate is not None:
+            kernel = kernel * gate
+        y = F.conv2d(x, kernel, None, self.stride,
                      (self.kh // 2, self.kw // 2), 1, self.groups)
-        return batch_norm(self.bn, y, gate)
+        return y if self.bn is None else batch_norm(self.bn, y, gate)
 
     def kernel_bias(self, weight=None):
-        kernel, bias = fuse_conv_bn(self._kernel(weight), self.bn)
+        kernel = self._kernel(weight)
+        if self.bn is None:
+            bias = kernel.new_zeros(self.out_channels)
+        else:
+            kernel, bias = fuse_conv_bn(kernel, self.bn)
         return pad_to_kernel_size(kernel, self.kernel_size), bias
 
 
@@ -285,16 +297,25 @@ def check_identity(in_channels: int, out_channels: int, stride: int):
 
 
 class IdentityBranch(Branch):
-    """BN of the input (RepVGG's identity branch): needs in == out, stride 1."""
+    """BN of the input (RepVGG's identity branch): needs in == out, stride 1.
+
+    ``norm=False``: the input itself (the quantization-friendly block's
+    identity, QARepVGG's); a gate then multiplies it.
+    """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1,
-                 groups=1, shared=False, norm_layer=nn.BatchNorm2d):
+                 groups=1, shared=False, norm_layer=nn.BatchNorm2d, *,
+                 norm: bool = True):
         check_identity(in_channels, out_channels, stride)
         super().__init__(in_channels, out_channels, kernel_size, stride,
                          groups, False, norm_layer)
-        self.bn = norm_layer(out_channels)
+        self.bn = norm_layer(out_channels) if norm else None
+        # Without a BN, what tells the fused kernel its device and dtype.
+        self.register_buffer('_like', torch.empty(0), persistent=False)
 
     def forward(self, x, weight=None, gate=None):
+        if self.bn is None:
+            return x if gate is None else x * gate
         return batch_norm(self.bn, x, gate)
 
     def kernel_bias(self, weight=None):
@@ -302,30 +323,36 @@ class IdentityBranch(Branch):
             self.in_channels,
             self.kernel_size,
             self.groups,
-            dtype=self.bn.running_mean.dtype,
-            device=self.bn.running_mean.device)
+            dtype=self._like.dtype,
+            device=self._like.device)
+        if self.bn is None:
+            return kernel, kernel.new_zeros(self.out_channels)
         return fuse_conv_bn(kernel, self.bn)
 
 
 def build_branch(name: str, in_channels: int, out_channels: int,
                  kernel_size: int, stride: int = 1, groups: int = 1,
                  shared: bool = False,
-                 norm_layer: NormLayer = nn.BatchNorm2d) -> Branch:
-    """Build the branch called ``name`` (one of :data:`BRANCH_NAMES`)."""
+                 norm_layer: NormLayer = nn.BatchNorm2d,
+                 norm: bool = True) -> Branch:
+    """Build the branch called ``name`` (one of :data:`BRANCH_NAMES`);
+    ``norm=False``: without its (last) BN, for the one-layer branches."""
     args = (in_channels, out_channels, kernel_size, stride, groups, shared,
             norm_layer)
     k = kernel_size
     conv_shapes = {'1x1': (1, 1), 'kxk': (k, k), '1xk': (1, k), 'kx1': (k, 1)}
     if name in conv_shapes:
         kh, kw = conv_shapes[name]
-        return ConvBranch(*args, kh=kh, kw=kw)
-    if name == '1x1_kxk':
-        return Conv1x1KxKBranch(*args)
-    if name == '1x1_avg':
-        return Conv1x1AvgBranch(*args)
+        return ConvBranch(*args, kh=kh, kw=kw, norm=norm)
     if name == 'identity':
-        return IdentityBranch(*args)
-    raise ValueError(f'unknown branch {name!r}; branches are {BRANCH_NAMES}')
+        return IdentityBranch(*args, norm=norm)
+    if name not in BRANCH_NAMES:
+        raise ValueError(f'unknown branch {name!r}; branches are '
+                         f'{BRANCH_NAMES}')
+    if not norm:
+        raise ValueError(f'the {name} branch keeps its BNs: only the '
+                         'one-layer branches can be built without')
+    return (Conv1x1KxKBranch if name == '1x1_kxk' else Conv1x1AvgBranch)(*args)
 
 
 def legal_branches(in_channels: int, out_channels: int, stride: int) -> tuple:

@@ -170,7 +170,8 @@ def convert_to_odbb(model: nn.Module,
                     example: Optional[torch.Tensor] = None,
                     branches='dbb',
                     weight_sharing: bool = False,
-                    online: bool = False) -> List[str]:
+                    online: bool = False,
+                    quant_friendly: bool = False) -> List[str]:
     """Replace the model's KxK Conv+BN pairs by ODBBs, in place.
 
     Each ODBB has the ``branches`` (a preset or list, filtered to what is
@@ -192,6 +193,9 @@ def convert_to_odbb(model: nn.Module,
             would see too.
         online: build online ODBBs (OREPA form): the BN becomes the block's
             one BN, the conv the ``kxk`` kernel at scale 1.
+        quant_friendly: build quantization-friendly ODBBs (QARepVGG form):
+            the BN becomes the block's one BN after the sum, the ``kxk``
+            branch's own BN starts as the exact identity.
     """
     if example is None:
         first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
@@ -224,7 +228,8 @@ def convert_to_odbb(model: nn.Module,
             branches=branches,
             weight_sharing=weight_sharing,
             norm_layer=norm_layer,
-            online=online).to(conv.weight)  # device and dtype
+            online=online,
+            quant_friendly=quant_friendly).to(conv.weight)  # device, dtype
         if MAIN not in block.branch_names:
             raise ValueError(f'branches {branches!r} lack the {MAIN!r} '
                              'branch that holds the converted conv')
@@ -233,11 +238,13 @@ def convert_to_odbb(model: nn.Module,
             (block.weight if weight_sharing else main.weight).copy_(
                 conv.weight)
         stats = bn.state_dict()  # a norm-act also holds its act's tensors
-        norm = block.bn if online else main.bn
+        norm = main.bn if block.bn is None else block.bn
         norm.load_state_dict({k: stats[k] for k in norm.state_dict()})
-        if online:
-            with torch.no_grad():
+        with torch.no_grad():
+            if online:
                 main.scale.fill_(1.0)
+            elif quant_friendly:  # sigma = 1 exactly: an identity in eval
+                main.bn.running_var.fill_(1.0 - main.bn.eps)
         block.active = [MAIN]
         # What restore_conv_bn needs to put the stock pair back.
         block.stock_pair = dict(bn_name=_split(bn_name)[1], norm=bn)

@@ -6,7 +6,7 @@ active block without changing its eval-mode function: a branch's exact
 Pure PyTorch: nothing here knows about saliency or schedules (that is
 ``repnas_mm.search.dyrep``).
 """
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -60,17 +60,25 @@ def grow(block: ODBB, names: Sequence[str], bn_scale: float = 0.01):
     channels where the main BN weight is 0, as in zero-initialised residual
     blocks); its exact eval-mode ``(kernel, bias)`` is subtracted from the
     main branch, so the block's eval-mode output does not move. An online
-    branch starts with its per-channel scale at ``bn_scale`` instead.
+    branch starts with its per-channel scale at ``bn_scale`` instead; a
+    BN-free branch (quantization-friendly block) with its fresh kernel
+    times ``bn_scale``, and the BN-free identity, which has nothing to
+    scale, whole.
     """
     new = [n for n in names if n not in block.active]
     off = _gamma(block, MAIN).detach() == 0
     for name in new:
         _check(block, name)
         branch = block.branches[name]
+        gamma = _gamma(block, name)
         with torch.no_grad():
-            _gamma(block, name).fill_(bn_scale)
-            _gamma(block, name)[off] = 0.0
-            if not block.online:
+            if gamma is not None:
+                gamma.fill_(bn_scale)
+                gamma[off] = 0.0
+            elif getattr(branch, 'weight', None) is not None:
+                branch.weight.mul_(bn_scale)  # BN-free: the kernel scales
+                branch.weight[off] = 0.0
+            if getattr(branch, 'bn', None) is not None:
                 branch.bn.bias.zero_()
         kernel, bias = branch.kernel_bias()
         _shift_main(block, kernel.detach(), bias.detach(), -1.0)
@@ -97,24 +105,29 @@ def absorb(block: ODBB, names: Sequence[str]):
     return released
 
 
-def _gamma(block: ODBB, name: str) -> torch.Tensor:
-    """The per-channel output scale of a branch: its BN's weight, or its
-    online scale."""
+def _gamma(block: ODBB, name: str) -> Optional[torch.Tensor]:
+    """The per-channel output scale of a branch: its BN's weight, its
+    online scale, or ``None`` (a BN-free branch)."""
     branch = block.branches[name]
-    return branch.scale if block.online else branch.bn.weight
+    if block.online:
+        return branch.scale
+    return None if branch.bn is None else branch.bn.weight
 
 
 def bn_scale_ratio(block: ODBB, name: str) -> float:
     """mean |BN weight| of a branch over that of the main branch.
 
-    Online branches have no BN to read the output scale from (a branch's
-    kernel grows freely): the ratio is that of the mean per-channel norms of
-    the branches' scaled kernels, what the BN weights measure offline.
+    Online branches and BN-free ones (quantization-friendly block) have no
+    BN to read the output scale from (a branch's kernel grows freely): the
+    ratio is that of the mean per-channel norms of the branches' kernels
+    (online: scaled; offline: BN fused), what the BN weights measure.
     """
-    if block.online:
+    if block.online or _gamma(block, name) is None:
         def size(n):
-            kernel = block.branches[n].kernel(block.weight).detach()
-            return kernel.flatten(1).norm(dim=1).mean()
+            branch = block.branches[n]
+            kernel = branch.kernel(block.weight) if block.online else \
+                branch.kernel_bias(block.weight)[0]
+            return kernel.detach().flatten(1).norm(dim=1).mean()
         return float(size(name) / size(MAIN).clamp_min(1e-12))
     main = block.branches[MAIN].bn.weight.detach().abs().mean()
     other = block.branches[name].bn.weight.detach().abs().mean()

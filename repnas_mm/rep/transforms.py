@@ -6,7 +6,7 @@ is laid out as ``(out_channels, in_channels // groups, kh, kw)``, every bias
 as ``(out_channels,)``. Nothing here has state or imports beyond torch, so
 each transform can be tested on its own against ``F.conv2d``.
 """
-from typing import Iterable, Tuple
+from typing import Iterable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -16,14 +16,17 @@ KernelBias = Tuple[Tensor, Tensor]
 
 
 def fuse_bn(kernel: Tensor, running_mean: Tensor, running_var: Tensor,
-            gamma: Tensor, beta: Tensor, eps: float) -> KernelBias:
-    """Conv (no bias) followed by BN -> one conv (RepNAS Eq. 1, DBB I).
+            gamma: Tensor, beta: Tensor, eps: float,
+            bias: Optional[Tensor] = None) -> KernelBias:
+    """Conv followed by BN -> one conv (RepNAS Eq. 1, DBB I).
 
     ``F'_j = gamma_j / sigma_j * F_j``,
-    ``b'_j = beta_j - mu_j * gamma_j / sigma_j``.
+    ``b'_j = beta_j + (b_j - mu_j) * gamma_j / sigma_j`` (``b = 0`` for a
+    conv without ``bias``).
     """
     scale = gamma / torch.sqrt(running_var + eps)
-    return kernel * scale.reshape(-1, 1, 1, 1), beta - running_mean * scale
+    shift = -running_mean if bias is None else bias - running_mean
+    return kernel * scale.reshape(-1, 1, 1, 1), beta + shift * scale
 
 
 def bn_of_zero(running_mean: Tensor, running_var: Tensor, gamma: Tensor,

@@ -58,6 +58,10 @@ class ODBBNet(BaseBackbone):
             one conv + one BN (branch BNs become per-channel scales), so a
             training step costs about a plain network's. Fuses to the same
             deploy network.
+        quant_friendly (bool): quantization-friendly blocks (QARepVGG's
+            changes for the seven branches: no BN on ``identity``, ``1x1``,
+            ``1xk``, ``kx1``, one BN after the sum; see :class:`ODBB`), for
+            networks shipped in INT8. Fuses to the same deploy network.
         out_indices (Sequence[int]): stages whose outputs are returned.
         frozen_stages (int): freeze the stem (0) and the first stages.
         norm_eval (bool): keep BN layers in eval mode during training.
@@ -105,6 +109,7 @@ class ODBBNet(BaseBackbone):
                  kernel_size: int = 3,
                  weight_sharing: bool = True,
                  online: bool = False,
+                 quant_friendly: bool = False,
                  out_indices: Sequence[int] = (-1, ),
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
@@ -116,6 +121,7 @@ class ODBBNet(BaseBackbone):
         self.kernel_size = kernel_size
         self.weight_sharing = weight_sharing
         self.online = online
+        self.quant_friendly = quant_friendly
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
@@ -126,7 +132,7 @@ class ODBBNet(BaseBackbone):
         specs = self._block_branches(branches, shapes)
         layers = iter(
             ODBBLayer(cin, cout, kernel_size, stride, groups, spec,
-                      weight_sharing, deploy, online)
+                      weight_sharing, deploy, online, quant_friendly)
             for (cin, cout, stride, groups), spec in zip(shapes, specs))
         self.stem = next(layers)
         self.stages = []
@@ -261,11 +267,12 @@ class ODBBLayer(nn.Module):
     """An ODBB followed by ReLU: one layer of ODBBNet."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride, groups,
-                 branches, weight_sharing, deploy, online=False):
+                 branches, weight_sharing, deploy, online=False,
+                 quant_friendly=False):
         super().__init__()
         self.conv = ODBB(in_channels, out_channels, kernel_size, stride,
                          groups, branches, weight_sharing, deploy,
-                         online=online)
+                         online=online, quant_friendly=quant_friendly)
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x):
