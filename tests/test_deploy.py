@@ -303,8 +303,9 @@ def test_failed_checks_leave_nothing_behind(tmp_path, cifar10_tiny):
                num_images=1, tolerance=0.0)
     assert not (tmp_path / 'a').exists() or not any(
         (tmp_path / 'a').iterdir())
-    # The mmdeploy export disagrees: the checkpoint stands, no SDK file,
-    # no temporary folder.
+    # The mmdeploy export disagrees: a deployment is written whole or not
+    # at all, so nothing stands (no checkpoint, SDK file or temporary
+    # folder), and an earlier deployment in the folder is left as it was.
     from repnas_mm.deploy import mmdeploy_export
     real = mmdeploy_export.compare
     mmdeploy_export.compare = lambda *a: dict(onnxruntime=0.0, sdk=0.5)
@@ -314,10 +315,21 @@ def test_failed_checks_leave_nothing_behind(tmp_path, cifar10_tiny):
                    images=images, num_images=1, onnx=True)
     finally:
         mmdeploy_export.compare = real
-    out = tmp_path / 'b'
-    assert (out / 'odbb_a0_imagenet_fused.pth').is_file()
-    assert sorted(p.name for p in out.iterdir()) == [
-        'odbb_a0_imagenet_deploy.py', 'odbb_a0_imagenet_fused.pth']
+    assert not (tmp_path / 'b').exists()
+    out = tmp_path / 'c'
+    deploy(str(A0_CFG), str(ckpt), str(out), images=images, num_images=1)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    mmdeploy_export.compare = lambda *a: dict(onnxruntime=0.0, sdk=0.5)
+    try:
+        with pytest.raises(DeployError, match='nothing was written'):
+            deploy(str(A0_CFG), str(ckpt), str(out), images=images,
+                   num_images=1, onnx=True)
+    finally:
+        mmdeploy_export.compare = real
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(before) == ['deploy_result.json',
+                              'odbb_a0_imagenet_deploy.py',
+                              'odbb_a0_imagenet_fused.pth']
 
 
 def test_exporter_default_is_torchscript_only_inside_the_context(monkeypatch):

@@ -105,8 +105,8 @@ def export_sdk(deploy_cfg: str,
             os.replace(osp.join(tmp, name), osp.join(work_dir, name))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log(f'[deploy] mmdeploy wrote {", ".join(SDK_FILES)} to {work_dir}; on '
-        f'{len(images)} real image(s) vs PyTorch: '
+    log(f'[deploy] mmdeploy wrote the SDK folder ({", ".join(SDK_FILES)}); '
+        f'on {len(images)} real image(s) vs PyTorch: '
         + ', '.join(f'{k} {v:.2e}' for k, v in errors.items()))
     return dict(onnx=osp.join(work_dir, SDK_FILES[0]), sdk_dir=work_dir,
                 **{f'{k}_error': v for k, v in errors.items()})
@@ -116,7 +116,9 @@ def compare(deploy_cfg: str, model_cfg: str, checkpoint: str, sdk_dir: str,
             images: Sequence[str]) -> dict:
     """Max disagreement with PyTorch of mmdeploy's ORT backend and its SDK.
 
-    PyTorch is mmdeploy's own ``build_pytorch_model`` of ``checkpoint``.
+    PyTorch is mmdeploy's own ``build_pytorch_model`` of ``checkpoint``;
+    without a checkpoint the reference is the ORT backend itself (so only
+    the SDK is checked: e.g. an INT8 model, which PyTorch does not run).
     Classifiers: the largest difference of a class score (softmax) over
     the classes the SDK reports; a different top-1 class counts as 1.
     Detectors: :func:`_detection_gap` over the top
@@ -126,8 +128,9 @@ def compare(deploy_cfg: str, model_cfg: str, checkpoint: str, sdk_dir: str,
     from mmdeploy.utils import load_config
     deploy, model = load_config(deploy_cfg, model_cfg)
     task = build_task_processor(model, deploy, 'cpu')
-    torch_model = task.build_pytorch_model(checkpoint)
     backend = task.build_backend_model([osp.join(sdk_dir, SDK_FILES[0])])
+    torch_model = task.build_pytorch_model(checkpoint) if checkpoint else \
+        backend
     detector = deploy.codebase_config.type == 'mmdet'
     sdk = _sdk_model(sdk_dir, detector)
     input_shape = deploy.onnx_config.get('input_shape')

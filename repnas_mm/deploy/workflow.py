@@ -1,7 +1,10 @@
 """Fuse, verify, export: the steps of ``tools/deploy.py`` as one function."""
+import contextlib
 import copy
 import os
 import os.path as osp
+import shutil
+import tempfile
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -79,6 +82,41 @@ def dump_config(cfg, path):
         cfg.dump(tmp)
 
 
+@contextlib.contextmanager
+def staged(work_dir: str):
+    """A temporary folder in ``work_dir`` whose files move into
+    ``work_dir`` only when the block succeeds (else it is removed, and so
+    is ``work_dir`` if this created it): a deployment is written whole or
+    not at all."""
+    created = not osp.isdir(work_dir)
+    os.makedirs(work_dir, exist_ok=True)
+    stage = osp.abspath(tempfile.mkdtemp(prefix='.deploy-', dir=work_dir))
+    try:
+        yield stage
+        for entry in sorted(os.listdir(stage)):
+            target = osp.join(work_dir, entry)
+            if osp.isdir(target) and not osp.islink(target):
+                shutil.rmtree(target)  # a folder of an earlier run
+            os.replace(osp.join(stage, entry), target)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def _moved(value, stage: str, work_dir: str):
+    """``value`` with paths inside ``stage`` pointing into ``work_dir``."""
+    if isinstance(value, dict):
+        return {k: _moved(v, stage, work_dir) for k, v in value.items()}
+    if value == stage:
+        return work_dir
+    if isinstance(value, str) and value.startswith(stage + os.sep):
+        return osp.join(work_dir, osp.relpath(value, stage))
+    return value
+
+
 def deploy(config: str,
            checkpoint: str,
            work_dir: str,
@@ -90,6 +128,10 @@ def deploy(config: str,
            cfg_options: Optional[dict] = None,
            deploy_cfg: Optional[str] = None,
            export_tolerance: float = 1e-3,
+           int8: bool = False,
+           int8_tolerance: float = 1.0,
+           calib_images: int = 256,
+           calib_method: str = 'minmax',
            log: Callable[[str], None] = print) -> dict:
     """Load, fuse, verify and write a model; return what was measured.
 
@@ -97,16 +139,28 @@ def deploy(config: str,
     ``deploy_cfg`` (default: ``configs/deploy/``'s dynamic-shape ONNX
     Runtime config for the config's task) and checks the export in
     mmdeploy's ONNX Runtime backend and SDK (:func:`export_sdk`, within
-    ``export_tolerance``). Raises :class:`DeployError` (nothing written for
-    the failed step) when the fused model or the RepVGG copy differ from
-    the training-time model by more than ``tolerance`` (relative), or the
-    export from PyTorch by more than ``export_tolerance``.
+    ``export_tolerance``). ``int8=True`` (implies ``onnx``) then quantizes
+    the export (:func:`~.int8.export_int8`: ``calib_images`` training
+    images, ``calib_method``) into ``work_dir/int8/`` and evaluates fp32
+    and INT8 on the validation set. Raises :class:`DeployError`, and
+    writes nothing, when the fused model or the RepVGG copy differ from
+    the training-time model by more than ``tolerance`` (relative), the
+    export from PyTorch by more than ``export_tolerance``, or INT8's
+    metric falls more than ``int8_tolerance`` points below fp32's.
     """
-    from mmengine.config import Config
     cfg = read_config(config, cfg_options)
     name = osp.splitext(osp.basename(config))[0]
+    onnx = onnx or int8
     if fmt == 'mmpretrain-repvgg':
         to_repvgg_config(cfg)  # refuse an ineligible model before any work
+    if int8:
+        from .int8 import CALIBRATION_METHODS
+        if calib_method not in CALIBRATION_METHODS:
+            raise DeployError(f'unknown calibration method {calib_method!r};'
+                              f' methods are {", ".join(CALIBRATION_METHODS)}')
+        if calib_images < 1:
+            raise DeployError(f'calib_images must be at least 1, got '
+                              f'{calib_images}')
     if onnx:  # refuse what cannot be exported before any work
         deploy_cfg = deploy_cfg or default_deploy_config(cfg)
     model, info = load_for_deploy(cfg, checkpoint)
@@ -132,8 +186,38 @@ def deploy(config: str,
         raise DeployError(f'the fused model differs from the training-time '
                           f'one: max relative error {error:.2e} > '
                           f'{tolerance:g}; nothing was written')
+    with staged(work_dir) as stage:
+        files, meta = _write_fused(cfg, fused, info, checkpoint, error,
+                                   stage, name, log)
+        result.update(files)
+        if fmt == 'mmpretrain-repvgg':
+            result.update(_write_repvgg(cfg, fused, meta, inputs,
+                                        stage, name, tolerance, log))
+        if onnx:
+            paths = image_files(images)[:num_images] if images else \
+                image_paths_of(batches)
+            result.update(
+                export_sdk(deploy_cfg, result['config'], result['checkpoint'],
+                           paths, stage, export_tolerance, log))
+        if int8:
+            from .int8 import export_int8, table as int8_table
+            result['int8'] = export_int8(
+                deploy_cfg, result['config'], stage, calib_images,
+                calib_method, int8_tolerance, paths, log)
+            with atomic_path(osp.join(stage, 'int8.md')) as tmp:
+                with open(tmp, 'w') as f:
+                    f.write(int8_table(result['int8']))
+        result = _moved(result, stage, osp.abspath(work_dir))
+        write_json(result, osp.join(stage, 'deploy_result.json'))
+        written = sorted(os.listdir(stage))
+    log(f'[deploy] wrote {work_dir}: {", ".join(written)}')
+    return result
 
-    os.makedirs(work_dir, exist_ok=True)
+
+def _write_fused(cfg, fused, info, checkpoint, error, work_dir, name, log):
+    """The fused checkpoint and its deploy config, in ``work_dir``: their
+    paths, and the checkpoint's meta."""
+    from mmengine.config import Config
     meta = dict(info.get('meta', {}))
     meta['repnas_deploy'] = dict(source=osp.abspath(checkpoint),
                                  fused_error=error)
@@ -145,20 +229,9 @@ def deploy(config: str,
     # checkpoint strictly.
     check = build_model_unchecked(Config.fromfile(fused_cfg))
     check.load_state_dict(fused.state_dict(), strict=True)
-    result.update(checkpoint=fused_ckpt, config=fused_cfg)
-    log(f'[deploy] wrote {fused_ckpt} and {fused_cfg} (loads strictly)')
-
-    if fmt == 'mmpretrain-repvgg':
-        result.update(_write_repvgg(cfg, fused, meta, inputs, work_dir, name,
-                                    tolerance, log))
-    if onnx:
-        paths = image_files(images)[:num_images] if images else \
-            image_paths_of(batches)
-        result.update(
-            export_sdk(deploy_cfg, fused_cfg, fused_ckpt, paths, work_dir,
-                       export_tolerance, log))
-    write_json(result, osp.join(work_dir, 'deploy_result.json'))
-    return result
+    log('[deploy] fused checkpoint and deploy config written (the config '
+        'builds a model that loads the checkpoint strictly)')
+    return dict(checkpoint=fused_ckpt, config=fused_cfg), meta
 
 
 def _write_repvgg(cfg, fused, meta, inputs, work_dir, name, tolerance, log):
@@ -177,7 +250,7 @@ def _write_repvgg(cfg, fused, meta, inputs, work_dir, name, tolerance, log):
     path = osp.join(work_dir, f'{name}_repvgg.py')
     save_checkpoint(state, meta, ckpt)
     dump_config(repvgg_cfg, path)
-    log(f'[deploy] wrote {ckpt} and {path}: stock mmpretrain RepVGG deploy '
-        f'loads it strictly, max relative error {error:.2e}')
+    log(f'[deploy] stock mmpretrain RepVGG deploy checkpoint and config '
+        f'written: it loads strictly, max relative error {error:.2e}')
     return dict(repvgg_checkpoint=ckpt, repvgg_config=path,
                 repvgg_error=error)
