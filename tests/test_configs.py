@@ -18,12 +18,23 @@ SEARCH = ['odbb_a0_imagenet.py', 'odbb_a1_imagenet.py', 'odbb_a2_imagenet.py',
           'odbb_vgg16_cifar10.py', 'centernet_odbb_a0_search_coco.py',
           'demo/odbb_fmnist_cls.py', 'odbb_a0_online_imagenet.py',
           'demo/odbb_fmnist_online_cls.py',
-          'demo/odbb_cifar10_subset_online_cls.py']
-# Online (OREPA-form) search configs: the offline config they inherit from.
-ONLINE = {'odbb_a0_online_imagenet.py': 'odbb_a0_imagenet.py',
-          'demo/odbb_fmnist_online_cls.py': 'demo/odbb_fmnist_cls.py',
-          'demo/odbb_cifar10_subset_online_cls.py':
-          'demo/odbb_cifar10_subset_cls.py'}
+          'demo/odbb_cifar10_subset_online_cls.py',
+          'odbb_a0_quant_friendly_imagenet.py',
+          'demo/odbb_fmnist_quant_friendly_cls.py',
+          'demo/odbb_cifar10_subset_quant_friendly_cls.py']
+# Search configs in another block form (online: OREPA; quant_friendly:
+# QARepVGG): the standard config they inherit from, and the option they set.
+FORMS = {'odbb_a0_online_imagenet.py': ('odbb_a0_imagenet.py', 'online'),
+         'demo/odbb_fmnist_online_cls.py': ('demo/odbb_fmnist_cls.py',
+                                            'online'),
+         'demo/odbb_cifar10_subset_online_cls.py':
+         ('demo/odbb_cifar10_subset_cls.py', 'online'),
+         'odbb_a0_quant_friendly_imagenet.py': ('odbb_a0_imagenet.py',
+                                                'quant_friendly'),
+         'demo/odbb_fmnist_quant_friendly_cls.py':
+         ('demo/odbb_fmnist_cls.py', 'quant_friendly'),
+         'demo/odbb_cifar10_subset_quant_friendly_cls.py':
+         ('demo/odbb_cifar10_subset_cls.py', 'quant_friendly')}
 DYREP = ['odbb_a0_dyrep_imagenet.py', 'odbb_vgg16_dyrep_cifar10.py',
          'dyrep_resnet18_imagenet.py', 'dyrep_resnet18_cifar10.py']
 # What each config sets itself (the rest comes from the fragment).
@@ -43,6 +54,11 @@ OWN = {
                                            at_fix='retrain'),
     'demo/odbb_cifar10_subset_online_cls.py': dict(budget=0.5, fix_epoch=6,
                                                    at_fix='retrain'),
+    'odbb_a0_quant_friendly_imagenet.py': dict(budget=66, fix_epoch=120),
+    'demo/odbb_fmnist_quant_friendly_cls.py': dict(budget=0.5, fix_epoch=3,
+                                                   at_fix='retrain'),
+    'demo/odbb_cifar10_subset_quant_friendly_cls.py': dict(
+        budget=0.5, fix_epoch=6, at_fix='retrain'),
     'odbb_a0_dyrep_imagenet.py': dict(grow_to='full', interval=5),
     'odbb_vgg16_dyrep_cifar10.py': dict(grow_to='full', interval=2),
     'dyrep_resnet18_imagenet.py': dict(grow_to='dbb', interval=5),
@@ -51,7 +67,9 @@ OWN = {
 # The demo's few epochs need a faster alpha (its own setting).
 ALPHA_LR = {'demo/odbb_fmnist_cls.py': 0.02,
             'demo/odbb_fmnist_online_cls.py': 0.02,
-            'demo/odbb_cifar10_subset_online_cls.py': 4e-3}
+            'demo/odbb_cifar10_subset_online_cls.py': 4e-3,
+            'demo/odbb_fmnist_quant_friendly_cls.py': 0.02,
+            'demo/odbb_cifar10_subset_quant_friendly_cls.py': 4e-3}
 
 
 def _hook(cfg, kind):
@@ -87,12 +105,12 @@ def test_every_config_reads_and_search_configs_are_complete():
         assert cfg.optim_wrapper.alpha_optimizer.lr == ALPHA_LR.get(
             name, 1e-4), name
         assert cfg.model_wrapper_cfg.find_unused_parameters, name
-    for name, offline in ONLINE.items():
+    for name, (standard, option) in FORMS.items():
         cfg = Config.fromfile(REPO / 'configs' / name)
-        twin = Config.fromfile(REPO / 'configs' / offline)
-        assert cfg.model.backbone.pop('online') is True, name
-        assert 'online' not in twin.model.backbone, offline
-        # The online config changes nothing else.
+        twin = Config.fromfile(REPO / 'configs' / standard)
+        assert cfg.model.backbone.pop(option) is True, name
+        assert option not in twin.model.backbone, standard
+        # The config changes nothing else.
         for key in ('model', 'optim_wrapper', 'custom_hooks', 'train_cfg',
                     'param_scheduler', 'train_dataloader'):
             assert cfg[key] == twin[key], (name, key)
