@@ -36,6 +36,15 @@ def test_demo_pipeline_quick(tmp_path):
     ort_error, sdk_error = (float(e.rstrip(',')) for e in summary[
         'mmdeploy export vs PyTorch (ONNX Runtime, SDK)'].split()[:2])
     assert fused_error <= 1e-4 and ort_error <= 1e-3 and sdk_error <= 1e-3
+    # INT8: measured on the validation set, within the demo's tolerance.
+    deployed = json.loads((work / 'deploy' / 'deploy_result.json')
+                          .read_text())['int8']
+    assert deployed['metric'] == 'coco/bbox_mAP'
+    assert deployed['drop'] <= 5 and deployed['calibration']['images'] == 16
+    int8_map, fp32_map = (float(v.rstrip(',')) for v in summary[
+        'INT8 vs fp32 bbox mAP (ONNX Runtime)'].split()[:3:2])
+    assert int8_map == pytest.approx(deployed['int8'] / 100, abs=5e-4)
+    assert fp32_map == pytest.approx(deployed['fp32'] / 100, abs=5e-4)
     # The fused detector runs fewer ops than the 22-branch one: faster.
     assert float(summary['fused vs training-time speed'].split('x')[0]) > 1
     for name, path in summary['artifacts'].items():
