@@ -100,11 +100,11 @@ def test_int8_export_runs_in_onnx_runtime_and_keeps_top1(searched_qf,
                     if t.data_type == onnx.TensorProto.INT8 and t.dims
                     and len(t.dims) == 4]
     assert len(int8_weights) == 7  # the 7 fused ODBBs
+    scales = {t.name: t for t in model.graph.initializer}
     # The output layer (the classifier's fc) stays fp32: 8-bit logits tie.
     gemm = next(n for n in model.graph.node if n.op_type == 'Gemm')
-    assert all(scales[t].data_type == onnx.TensorProto.FLOAT
-               for t in gemm.input[1:] if t in scales)
-    scales = {t.name: t for t in model.graph.initializer}
+    assert [scales[t].data_type for t in gemm.input[1:]] == [
+        onnx.TensorProto.FLOAT] * 2
     per_channel = [n for n in model.graph.node
                    if n.op_type == 'DequantizeLinear'
                    and n.input[0] in {w.name for w in int8_weights}]
@@ -134,6 +134,13 @@ def test_int8_export_runs_in_onnx_runtime_and_keeps_top1(searched_qf,
         total += len(labels)
     assert total == 200
     assert 100 * correct / total == pytest.approx(int8['int8'], abs=1e-4)
+    # Deployed again without --int8 (or --onnx): the earlier INT8 and SDK
+    # files do not stay beside the new fused model.
+    deploy(str(searched_qf['config']), searched_qf['checkpoint'], str(out),
+           num_images=1)
+    assert sorted(p.name for p in out.iterdir()) == [
+        'deploy_result.json', 'odbb_fmnist_qf_cls_deploy.py',
+        'odbb_fmnist_qf_cls_fused.pth']
 
 
 @pytest.mark.slow

@@ -15,7 +15,8 @@ from repnas_mm.rep import named_odbbs, reparameterize_model
 
 from .interop import to_repvgg_config, to_repvgg_state_dict
 from .model import DeployError, build_model_unchecked, load_for_deploy
-from .mmdeploy_export import (default_deploy_config, export_sdk,
+from .int8 import INT8_DIR
+from .mmdeploy_export import (SDK_FILES, default_deploy_config, export_sdk,
                               image_paths_of)
 from .onnx import refuse_unexportable, write_json
 from .verify import (collect_batches, image_files, model_inputs, raw_outputs,
@@ -83,17 +84,26 @@ def dump_config(cfg, path):
 
 
 @contextlib.contextmanager
-def staged(work_dir: str):
+def staged(work_dir: str, outputs: Sequence[str] = ()):
     """A temporary folder in ``work_dir`` whose files move into
     ``work_dir`` only when the block succeeds (else it is removed, and so
     is ``work_dir`` if this created it): a deployment is written whole or
-    not at all."""
+    not at all. ``outputs``: names a deployment may write; those this one
+    did not write are removed from ``work_dir`` (an earlier run's INT8 or
+    SDK files do not stay beside a new fused model)."""
     created = not osp.isdir(work_dir)
     os.makedirs(work_dir, exist_ok=True)
     stage = osp.abspath(tempfile.mkdtemp(prefix='.deploy-', dir=work_dir))
     try:
         yield stage
-        for entry in sorted(os.listdir(stage)):
+        written = os.listdir(stage)
+        for entry in set(outputs) - set(written):
+            stale = osp.join(work_dir, entry)
+            if osp.isdir(stale) and not osp.islink(stale):
+                shutil.rmtree(stale)
+            elif osp.lexists(stale):
+                os.remove(stale)
+        for entry in sorted(written):
             target = osp.join(work_dir, entry)
             if osp.isdir(target) and not osp.islink(target):
                 shutil.rmtree(target)  # a folder of an earlier run
@@ -186,7 +196,9 @@ def deploy(config: str,
         raise DeployError(f'the fused model differs from the training-time '
                           f'one: max relative error {error:.2e} > '
                           f'{tolerance:g}; nothing was written')
-    with staged(work_dir) as stage:
+    outputs = SDK_FILES + (INT8_DIR, 'int8.md', f'{name}_repvgg.pth',
+                           f'{name}_repvgg.py')
+    with staged(work_dir, outputs) as stage:
         files, meta = _write_fused(cfg, fused, info, checkpoint, error,
                                    stage, name, log)
         result.update(files)

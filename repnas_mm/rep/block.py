@@ -42,12 +42,14 @@ class ODBB(nn.Module):
     feature map: about the cost of a plain conv whatever the branches.
 
     Quantization-friendly (``quant_friendly=True``): QARepVGG's block
-    (Chu et al., AAAI'24) generalised to the seven branches. RepVGG loses
-    20 points of top-1 under post-training INT8 quantization because a
-    branch BN scales the part of the fused kernel its branch covers by its
-    own ``gamma / sigma``: a few taps of some output channels get values far
-    from the rest of the kernel (wide per-channel ranges, coarse INT8
-    steps), and the block's output variance grows with every identity. So:
+    (Chu et al., AAAI'24) generalised to the seven branches. QARepVGG
+    traces RepVGG-A0's fall under post-training INT8 quantization (72.4 to
+    52.2 top-1) to outlier weights in the fused kernel and to activation
+    variance growing through the blocks. Our reading of where outliers come
+    from: a branch BN scales the part of the fused kernel its branch covers
+    by its own ``gamma / sigma``, so a few taps of some output channels get
+    values far from the rest of the kernel (wide per-channel ranges, coarse
+    INT8 steps). So:
 
     - ``identity`` has no BN (QARepVGG): its BN's fused kernel is one tap,
       ``gamma / sigma`` of the input channel, unbounded as that channel's
