@@ -134,3 +134,20 @@ def centre_crop_kernel(kernel: Tensor, kh: int, kw: int) -> Tensor:
     size_h, size_w = kernel.shape[-2:]
     top, left = size_h // 2 - kh // 2, size_w // 2 - kw // 2
     return kernel[..., top:top + kh, left:left + kw]
+
+
+def refocus_kernel(base: Tensor, transform: Tensor, map_groups: int) -> Tensor:
+    """RefConv's refocused kernel ``W_t = W_b * W_r + W_b``.
+
+    The base kernel ``(out, in // groups, K, K)`` is read as one image of
+    ``out * in // groups`` channels of size ``K x K`` (one channel per 2-D
+    kernel); ``transform`` (``W_r``) is a conv over that image with
+    ``map_groups`` groups and ``K // 2``-style same padding of its own size,
+    so ``W_t`` has the base kernel's shape. Zero ``W_r`` gives ``W_b``.
+    """
+    out, in_g, kh, kw = base.shape
+    image = base.reshape(1, out * in_g, kh, kw)
+    mh, mw = transform.shape[-2:]
+    mixed = F.conv2d(image, transform, None, 1, (mh // 2, mw // 2), 1,
+                     map_groups)
+    return base + mixed.reshape(base.shape)
