@@ -16,6 +16,7 @@ from .branches import (BRANCH_NAMES, Branch, NormLayer, build_branch,
                        fuse_conv_bn, new_kernel)
 from .online import OnlineBranch, build_online_branch
 from .presets import BranchSpec, canonical, resolve_branches
+from .refocus import RefConv
 from .transforms import KernelBias, add_branches
 
 #: The main branch: the KxK conv (+BN) a block replaces, and the one that
@@ -257,7 +258,10 @@ class ODBB(nn.Module):
         walker reaches ODBBs through :meth:`switch_to_deploy`.
         """
         if self.fused_conv is not None:
-            return self.fused_conv.weight, self.fused_conv.bias
+            conv = self.fused_conv
+            if isinstance(conv, RefConv):  # its weight is the frozen base
+                return conv.kernel(), conv.bias
+            return conv.weight, conv.bias
         if self.online:
             return fuse_conv_bn(self.kernel(), self.bn)
         parts = []

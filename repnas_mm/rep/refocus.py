@@ -29,7 +29,8 @@ class RefConv(nn.Module):
     Build it from a trained ``nn.Conv2d`` with :meth:`from_conv`; turn it back
     into one with :meth:`to_conv`. ``weight`` is a (persistent) buffer: it is
     saved and loaded but never trained; ``refocus`` (``W_r``, shape
-    ``(C_out C_in / g, g, k, k)``) and the conv's ``bias`` are trained.
+    ``(C_out C_in / g, g, k, k)``) and the conv's ``bias`` are trained. The
+    state dict of the plain conv loads too (as ``W_b``, with ``W_r = 0``).
 
     Args:
         weight (Tensor): the base kernel ``(C_out, C_in / groups, K, K)``.
@@ -79,6 +80,21 @@ class RefConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.kernel(), self.bias, self.stride,
                         self.padding, self.dilation, self.groups)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata,
+                              strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # A plain conv's weights (the stock checkpoint a fine-tune starts
+        # from) load as the base with W_r = 0: W_t is that conv's kernel.
+        key = prefix + 'refocus'
+        plain = key not in state_dict and prefix + 'weight' in state_dict
+        super()._load_from_state_dict(state_dict, prefix, local_metadata,
+                                      strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if plain:
+            missing_keys.remove(key)
+            with torch.no_grad():
+                self.refocus.zero_()
 
     def to_conv(self) -> nn.Conv2d:
         """The plain conv of the original layout, with kernel ``W_t``."""
