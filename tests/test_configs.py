@@ -167,3 +167,46 @@ def test_one_override_names_the_classification_run():
         assert backbone.branches == run
         assert 'checkpoint' not in backbone.init_cfg, name
         assert backbone.init_cfg.type == 'Pretrained'
+
+
+# RefConv fine-tuning configs: the plain fine-tune they change, and the
+# training config whose result that fine-tune loads.
+REFOCUS = {
+    'demo/odbb_fmnist_refocus_cls.py': ('demo/odbb_fmnist_finetune_cls.py',
+                                        'demo/odbb_fmnist_cls.py'),
+    'resnet18_cifar10_refocus.py': ('resnet18_cifar10_finetune.py',
+                                    'resnet18_cifar10_folders.py'),
+}
+
+
+def test_refocus_configs_change_only_the_backbone_of_their_fine_tune():
+    import sys
+    sys.path.insert(0, str(REPO / 'tools'))
+    from benchmark_refconv import method_config
+
+    from repnas_mm.config import unwrap_converted
+    for name, (finetune, first) in REFOCUS.items():
+        cfg = Config.fromfile(REPO / 'configs' / name)
+        twin = Config.fromfile(REPO / 'configs' / finetune)
+        stage1 = Config.fromfile(REPO / 'configs' / first)
+        assert cfg.model.backbone.type == 'RefConvConverted', name
+        assert cfg.model.backbone.backbone == twin.model.backbone, name
+        # tools/benchmark_refconv.py's baseline is the fine-tune config.
+        assert method_config(cfg, 'baseline').model == twin.model, name
+        unwrap_converted(cfg.model)
+        for key in ('model', 'optim_wrapper', 'custom_hooks', 'train_cfg',
+                    'param_scheduler', 'train_dataloader', 'val_dataloader',
+                    'load_from'):
+            assert cfg.get(key) == twin.get(key), (name, key)
+        # The fine-tune: the first stage's data and model (fused), loaded
+        # from where its documented commands leave it, at a lower lr.
+        assert twin.train_dataloader == stage1.train_dataloader, finetune
+        assert twin.load_from.startswith(f'work_dirs/{Path(first).stem}/')
+        assert twin.optim_wrapper.optimizer.lr < \
+            stage1.optim_wrapper.optimizer.lr
+        assert not any(h['type'] in ('RepNASHook', 'DyRepHook')
+                       for h in twin.get('custom_hooks', []))
+    demo = Config.fromfile(REPO / 'configs/demo/odbb_fmnist_finetune_cls.py')
+    assert demo.model.backbone.deploy is True
+    assert demo.model.backbone.branches == \
+        'work_dirs/odbb_fmnist_cls/searched_arch.json'

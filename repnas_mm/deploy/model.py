@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from repnas_mm.errors import UserError
 from repnas_mm.models.loading import holds_fused, load_checked
-from repnas_mm.rep import named_odbbs, reparameterize_model
+from repnas_mm.rep import RefConv, named_odbbs, reparameterize_model
 
 
 class DeployError(UserError):
@@ -26,17 +26,22 @@ def build_model_unchecked(cfg) -> nn.Module:
 
 
 def build_model(cfg) -> nn.Module:
-    """The config's model, which must contain ODBBs (no weights loaded)."""
+    """The config's model, which must contain ODBBs or RefConvs (no
+    weights loaded)."""
     try:
         model = build_model_unchecked(cfg)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise DeployError(f'cannot build the model of {cfg.filename}: '
                           f'{exc}') from None
-    if not named_odbbs(model):
+    if not named_odbbs(model) and not count_refconvs(model):
         raise DeployError(
-            f'the model of {cfg.filename} has no ODBB: there is nothing to '
-            'fuse (is this a repnas_mm config?)')
+            f'the model of {cfg.filename} has no ODBB or RefConv: there is '
+            'nothing to fuse (is this a repnas_mm config?)')
     return model
+
+
+def count_refconvs(model: nn.Module) -> int:
+    return sum(isinstance(m, RefConv) for m in model.modules())
 
 
 def is_fused(model: nn.Module) -> bool:
@@ -84,7 +89,7 @@ def load_for_deploy(cfg, checkpoint: str):
         checkpoint, map_location='cpu', logger='current')
     state = loaded.get('state_dict', loaded)
     info = dict(already_fused=holds_fused(state))
-    if info['already_fused']:
+    if info['already_fused'] and not is_fused(model):
         reparameterize_model(model, inplace=True)
     info['unused_tensors'] = load_checked(model, state, checkpoint,
                                           f'the model of {cfg.filename}')

@@ -10,11 +10,12 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from repnas_mm.atomic import atomic_path
-from repnas_mm.config import read_config
+from repnas_mm.config import read_config, unwrap_converted
 from repnas_mm.rep import named_odbbs, reparameterize_model
 
 from .interop import to_repvgg_config, to_repvgg_state_dict
-from .model import DeployError, build_model_unchecked, load_for_deploy
+from .model import (DeployError, build_model_unchecked, count_refconvs,
+                    load_for_deploy)
 from .int8 import INT8_DIR
 from .mmdeploy_export import (SDK_FILES, default_deploy_config, export_sdk,
                               image_paths_of)
@@ -28,19 +29,15 @@ def deploy_config(cfg, model):
 
     Every ODBBNet is built with ``deploy=True`` and the branches the model
     kept (so the file records the searched architecture); an
-    ``ODBBConverted`` backbone becomes its stock backbone; training-only
-    parts (search hooks, optimizer constructor, initialisation) are dropped.
+    ``ODBBConverted`` or ``RefConvConverted`` backbone becomes its stock
+    backbone; training-only parts (search hooks, optimizer constructor,
+    initialisation) are dropped.
     """
     out = copy.deepcopy(cfg)
     kept = iter([b.branch_names for b in named_odbbs(model).values()])
 
     def visit(node):
         if isinstance(node, dict):
-            for key, value in node.items():
-                if isinstance(value, dict) and \
-                        value.get('type') == 'ODBBConverted':
-                    # Fused, a converted backbone is the stock one again.
-                    node[key] = dict(value['backbone'], init_cfg=None)
             if node.get('type') == 'ODBBNet':
                 node['deploy'] = True
                 node['init_cfg'] = None
@@ -53,6 +50,8 @@ def deploy_config(cfg, model):
             for value in node:
                 visit(value)
 
+    # Fused, a converted backbone is the stock one again.
+    unwrap_converted(out.model, init_cfg=None)
     visit(out.model)
     out.custom_hooks = [
         h for h in out.get('custom_hooks', [])
@@ -174,7 +173,9 @@ def deploy(config: str,
     if onnx:  # refuse what cannot be exported before any work
         deploy_cfg = deploy_cfg or default_deploy_config(cfg)
     model, info = load_for_deploy(cfg, checkpoint)
+    refconvs = count_refconvs(model)
     log(f'[deploy] loaded {checkpoint}: {len(named_odbbs(model))} ODBBs'
+        + (f', {refconvs} RefConvs' if refconvs else '')
         + (', already fused' if info['already_fused'] else '')
         + (f', searched architecture of {info["searched_branches"]} '
            'branches' if 'searched_branches' in info else ''))
