@@ -5,6 +5,8 @@ machine noise (other jobs, clock changes) hits all of them alike; results
 are medians over repeats. On CUDA every timing is bracketed by
 ``torch.cuda.synchronize()`` and preceded by warm-up iterations.
 """
+import contextlib
+import resource
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -107,3 +109,57 @@ def markdown_table(headers: List[str], rows: List[List[object]]) -> str:
              '|' + '|'.join('---' for _ in headers) + '|']
     lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
     return '\n'.join(lines)
+
+
+def _status_kib(field):
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    raise RuntimeError(f'{field} not in /proc/self/status')
+
+
+def reset_peak_rss():
+    """Reset the process's peak RSS to its current RSS; return it (KiB).
+
+    Linux's /proc/self/clear_refs accepts 5 for that; elsewhere the peak
+    cannot be reset and ru_maxrss (peak since start) is the best we have.
+    """
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return _status_kib('VmRSS')
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def peak_rss_kib():
+    try:
+        return _status_kib('VmHWM')
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+class SavedBytes:
+    """Bytes of the distinct storages autograd saved for backward."""
+
+    def __init__(self):
+        self._storages = {}
+
+    def pack(self, tensor):
+        storage = tensor.untyped_storage()
+        self._storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self._storages.values())
+
+
+@contextlib.contextmanager
+def saved_for_backward():
+    """Count what autograd saves for backward inside the block (exact:
+    each storage once, however many tensors view it)."""
+    saved = SavedBytes()
+    with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
+        yield saved

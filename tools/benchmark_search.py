@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import os.path as osp
-import resource
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,8 @@ import torch
 import torch.nn as nn
 
 import repnas_mm  # noqa: F401
-from repnas_mm.benchmark import describe_device, markdown_table, sync
+from repnas_mm.benchmark import (describe_device, markdown_table, peak_rss_kib,
+                                 reset_peak_rss, saved_for_backward, sync)
 from repnas_mm.models import ODBBNet
 from repnas_mm.search import SearchSpace
 from repnas_mm.search.optim import JointOptimizer
@@ -144,56 +144,20 @@ def time_steps(args, device, batch):
     return times
 
 
-def _status_kib(field):
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1])
-    raise RuntimeError(f'{field} not in /proc/self/status')
-
-
-def reset_peak_rss():
-    """Reset the process's peak RSS to its current RSS; return it (KiB).
-
-    Linux's /proc/self/clear_refs accepts 5 for that; elsewhere the peak
-    cannot be reset and ru_maxrss (peak since start) is the best we have.
-    """
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-        return _status_kib('VmRSS')
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def peak_rss_kib():
-    try:
-        return _status_kib('VmHWM')
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def memory_probe(args, name, device, batch):
     """One training step of one configuration; runs in its own process."""
     setup = Setup(name, args, device)
     x, y = inputs(args, device, batch)
-    saved = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
         base_cuda = torch.cuda.memory_allocated(device)
     base_rss = reset_peak_rss()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_for_backward() as saved:
         setup.step(x, y)
     result = dict(
         config=name,
         branches=setup.branches(),
-        saved_mib=sum(saved.values()) / 2**20,
+        saved_mib=saved.nbytes / 2**20,
         rss_step_mib=(peak_rss_kib() - base_rss) / 1024)
     if device.type == 'cuda':
         result['cuda_peak_mib'] = (torch.cuda.max_memory_allocated(device) -
