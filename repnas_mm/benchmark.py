@@ -141,14 +141,17 @@ def peak_rss_kib():
 
 
 class SavedBytes:
-    """Bytes of the distinct storages autograd saved for backward."""
+    """Bytes of the distinct storages autograd saved for backward, but
+    those of ``exclude`` (tensors that exist anyway, e.g. parameters)."""
 
-    def __init__(self):
+    def __init__(self, exclude=()):
         self._storages = {}
+        self._exclude = {t.untyped_storage().data_ptr() for t in exclude}
 
     def pack(self, tensor):
         storage = tensor.untyped_storage()
-        self._storages[storage.data_ptr()] = storage.nbytes()
+        if storage.data_ptr() not in self._exclude:
+            self._storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
     @property
@@ -157,9 +160,10 @@ class SavedBytes:
 
 
 @contextlib.contextmanager
-def saved_for_backward():
+def saved_for_backward(exclude=()):
     """Count what autograd saves for backward inside the block (exact:
-    each storage once, however many tensors view it)."""
-    saved = SavedBytes()
+    each storage once, however many tensors view it), but the storages of
+    the tensors in ``exclude``."""
+    saved = SavedBytes(exclude)
     with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
         yield saved

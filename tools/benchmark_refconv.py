@@ -20,8 +20,9 @@ epoch, mean ± sample std over seeds; finished runs are reused.
 cost: one training step (forward, backward, SGD step) of both models, side
 by side on random images of the config's batch size: round-robin step times
 (median, and the median of per-round ratios), and each model's memory in a
-fresh process (bytes autograd saves for backward, exact; the rise of the
-peak RSS; CUDA's peak on a GPU). CPU here; CUDA when present.
+fresh process (bytes autograd saves for backward, exact, without the
+parameters and buffers, which exist anyway; the rise of the peak RSS; CUDA's
+peak on a GPU). CPU here; CUDA when present.
 """
 import argparse
 import copy
@@ -41,6 +42,7 @@ from repnas_mm.benchmark import (describe_device, markdown_table,
                                  saved_for_backward, sync, time_round_robin)
 from repnas_mm.config import read_config, unwrap_converted
 from repnas_mm.errors import UserError
+from repnas_mm.rep import RefConv
 from repnas_mm.runner import run_tool
 
 METHODS = ('baseline', 'refconv')
@@ -178,6 +180,8 @@ class Step:
         self.model = MODELS.build(model_cfg).to(device).train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.trainable = sum(p.numel() for p in params)
+        self.frozen = sum(m.weight.numel() for m in self.model.modules()
+                          if isinstance(m, RefConv))  # the base kernels
         self.optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
         generator = torch.Generator().manual_seed(0)
         self.inputs = torch.randn(batch, 3, input_size, input_size,
@@ -221,15 +225,15 @@ def cost(args):
         if out.returncode:
             raise UserError(f'the memory probe of {method} failed: {out.stderr[-500:]}')
         memory[method] = json.loads(out.stdout.strip().splitlines()[-1])
-    headers = ['fine-tune', 'trainable params (M)', 'step s (median)', 'saved for backward MiB',
-               'step peak RSS MiB']
+    headers = ['fine-tune', 'trainable params (M)', 'frozen kernels (M)', 'step s (median)',
+               'saved for backward MiB (not params)', 'step peak RSS MiB']
     if device.type == 'cuda':
         headers.append('CUDA peak MiB')
     rows = []
     for method in METHODS:
         m = memory[method]
         row = [method, f'{steps[method].trainable / 1e6:.3f}',
-               f'{timings[method].median:.4f}', f'{m["saved_mib"]:.1f}',
+               f'{steps[method].frozen / 1e6:.3f}', f'{timings[method].median:.4f}', f'{m["saved_mib"]:.1f}',
                f'{m["rss_step_mib"]:.0f}']
         if device.type == 'cuda':
             row.append(f'{m["cuda_peak_mib"]:.0f}')
@@ -246,7 +250,8 @@ def cost(args):
                 input_size=args.input_size, repeats=args.repeats,
                 step_seconds={m: timings[m].seconds for m in METHODS},
                 step_ratio=ratio, memory=memory,
-                trainable={m: steps[m].trainable for m in METHODS})
+                trainable={m: steps[m].trainable for m in METHODS},
+                frozen={m: steps[m].frozen for m in METHODS})
     if args.out:
         _write(args.out, 'refconv_cost', report, data)
     else:
@@ -262,7 +267,10 @@ def _memory_probe(cfg, method, batch, input_size, device):
         torch.cuda.reset_peak_memory_stats(device)
         base_cuda = torch.cuda.memory_allocated(device)
     base_rss = reset_peak_rss()
-    with saved_for_backward() as saved:
+    # Parameters and buffers (the frozen kernels too) exist anyway: count
+    # what a step adds, e.g. a RefConv's refocused kernel W_t.
+    state = list(step.model.parameters()) + list(step.model.buffers())
+    with saved_for_backward(exclude=state) as saved:
         step()
     sync(device)
     result = dict(method=method, saved_mib=saved.nbytes / 2**20,
