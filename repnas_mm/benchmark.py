@@ -6,6 +6,9 @@ are medians over repeats. On CUDA every timing is bracketed by
 ``torch.cuda.synchronize()`` and preceded by warm-up iterations.
 """
 import contextlib
+import json
+import os
+import os.path as osp
 import resource
 import statistics
 import time
@@ -101,6 +104,29 @@ def time_round_robin(runs: Dict[str, Callable[[], object]],
     if bar:
         bar.close()
     return timings
+
+
+def mean_std(values) -> tuple:
+    """(mean, sample std) of ``values``; the std of one value is 0."""
+    values = list(values)
+    return (statistics.mean(values),
+            statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def write_report(folder: str, name: str, report: str, data: dict,
+                 tag: str = 'benchmark'):
+    """``folder/name.md`` (``report``) and ``folder/name.json`` (``data``),
+    each written whole; the report is printed too."""
+    from repnas_mm.atomic import atomic_path
+    os.makedirs(folder, exist_ok=True)
+    with atomic_path(osp.join(folder, f'{name}.md')) as tmp:
+        with open(tmp, 'w') as f:
+            f.write(report)
+    with atomic_path(osp.join(folder, f'{name}.json')) as tmp:
+        with open(tmp, 'w') as f:
+            json.dump(data, f, indent=2)
+    print(report)
+    print(f'[{tag}] wrote {osp.join(folder, name)}.md and .json')
 
 
 def markdown_table(headers: List[str], rows: List[List[object]]) -> str:

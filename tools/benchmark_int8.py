@@ -21,9 +21,7 @@ in ONNX Runtime on this machine's CPU, round-robin, medians; OUT/latency_int8.{m
 """
 import argparse
 import json
-import os
 import os.path as osp
-import statistics
 import tempfile
 
 import numpy as np
@@ -31,7 +29,7 @@ from mmengine.config import DictAction
 
 import repnas_mm  # noqa: F401
 from repnas_mm.atomic import atomic_path
-from repnas_mm.benchmark import markdown_table
+from repnas_mm.benchmark import markdown_table, mean_std, write_report
 from repnas_mm.runner import run_tool
 
 FORMS = {'standard': {}, 'quant_friendly': {'model.backbone.quant_friendly': True}}
@@ -70,7 +68,7 @@ def accuracy(args):
     summary = {}
     for form, runs in rows.items():
         summary[form] = {
-            key: _mean_std([r[key] for r in runs])
+            key: mean_std([r[key] for r in runs])
             for key in ('fp32', 'int8', 'drop', 'speedup')
         }
         summary[form]['seeds'] = [r['seed'] for r in runs]
@@ -86,23 +84,8 @@ def accuracy(args):
               f'Runtime (QDQ, per-channel weights; {cal["method"]} calibration on '
               f'{cal["images"]} training images); both evaluated on the validation set.\n\n'
               + table + '\n')
-    _write(args.work_dir, 'int8', report, dict(config=args.config, seeds=args.seeds,
-                                               forms=summary, runs=rows))
-
-
-def _mean_std(values):
-    return (statistics.mean(values),
-            statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _write(folder, name, report, data):
-    os.makedirs(folder, exist_ok=True)
-    with atomic_path(osp.join(folder, f'{name}.md')) as tmp, open(tmp, 'w') as f:
-        f.write(report)
-    with atomic_path(osp.join(folder, f'{name}.json')) as tmp, open(tmp, 'w') as f:
-        json.dump(data, f, indent=2)
-    print(report)
-    print(f'[int8] wrote {osp.join(folder, name)}.md and .json')
+    write_report(args.work_dir, 'int8', report,
+                 dict(config=args.config, seeds=args.seeds, forms=summary, runs=rows), 'int8')
 
 
 def latency(args):
@@ -147,9 +130,9 @@ def latency(args):
               'speed-up = median of per-repeat ratios.\n\n'
               + markdown_table(['batch', 'fp32 ms', 'INT8 ms', 'fp32 images/s',
                                 'INT8 images/s', 'INT8 / fp32 speed'], rows) + '\n')
-    _write(args.out_dir, 'latency_int8', report,
-           dict(arch=args.arch, input_size=size, threads=threads, cpu=_cpu(),
-                results={str(b): r for b, r in results.items()}))
+    write_report(args.out_dir, 'latency_int8', report,
+                 dict(arch=args.arch, input_size=size, threads=threads, cpu=_cpu(),
+                      results={str(b): r for b, r in results.items()}), 'int8')
 
 
 def _cpu():

@@ -37,9 +37,10 @@ from mmengine.config import DictAction
 
 import repnas_mm  # noqa: F401
 from repnas_mm.atomic import atomic_path
-from repnas_mm.benchmark import (describe_device, markdown_table,
+from repnas_mm.benchmark import (describe_device, markdown_table, mean_std,
                                  peak_rss_kib, reset_peak_rss,
-                                 saved_for_backward, sync, time_round_robin)
+                                 saved_for_backward, sync, time_round_robin,
+                                 write_report)
 from repnas_mm.config import read_config, unwrap_converted
 from repnas_mm.errors import UserError
 from repnas_mm.rep import RefConv
@@ -108,11 +109,11 @@ def accuracy(args):
                 runs[method].append(json.load(f))
             r = runs[method][-1]
             print(f'[refconv] {method}, seed {seed}: top-1 {r["top1"]:.2f}', flush=True)
-    summary = {m: dict(top1=_mean_std([r['top1'] for r in rs]),
+    summary = {m: dict(top1=mean_std([r['top1'] for r in rs]),
                        step_time=statistics.median(r['step_time'] for r in rs))
                for m, rs in runs.items()}
     gains = [r['top1'] - b['top1'] for r, b in zip(runs['refconv'], runs['baseline'])]
-    summary['gain'] = _mean_std(gains)
+    summary['gain'] = mean_std(gains)
     rows = [['start (the loaded checkpoint)', f'{start:.2f}', '', '']]
     rows += [[m, f'{s["top1"][0]:.2f} ± {s["top1"][1]:.2f}',
               ', '.join(f'{r["top1"]:.2f}' for r in runs[m]),
@@ -126,9 +127,10 @@ def accuracy(args):
               + f'\n\nRefConv − baseline, paired by seed: {summary["gain"][0]:+.2f} ± '
               f'{summary["gain"][1]:.2f} points; RefConv fused into the stock layout with '
               f'max relative error {max(r["fused_error"] for r in runs["refconv"]):.1e}.\n')
-    _write(args.work_dir, 'refconv', report,
-           dict(config=args.config, load_from=cfg.load_from, epochs=epochs,
-                seeds=args.seeds, start_top1=start, summary=summary, runs=runs))
+    write_report(args.work_dir, 'refconv', report,
+                 dict(config=args.config, load_from=cfg.load_from, epochs=epochs,
+                      seeds=args.seeds, start_top1=start, summary=summary, runs=runs),
+                 'refconv')
 
 
 def _start_accuracy(cfg, work_dir):
@@ -150,21 +152,6 @@ def _start_accuracy(cfg, work_dir):
             json.dump(dict(checkpoint=cfg.load_from, top1=top1), f)
     with open(path) as f:
         return json.load(f)['top1']
-
-
-def _mean_std(values):
-    return (statistics.mean(values),
-            statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _write(folder, name, report, data):
-    os.makedirs(folder, exist_ok=True)
-    with atomic_path(osp.join(folder, f'{name}.md')) as tmp, open(tmp, 'w') as f:
-        f.write(report)
-    with atomic_path(osp.join(folder, f'{name}.json')) as tmp, open(tmp, 'w') as f:
-        json.dump(data, f, indent=2)
-    print(report)
-    print(f'[refconv] wrote {osp.join(folder, name)}.md and .json')
 
 
 # -- cost ------------------------------------------------------------------------------
@@ -253,7 +240,7 @@ def cost(args):
                 trainable={m: steps[m].trainable for m in METHODS},
                 frozen={m: steps[m].frozen for m in METHODS})
     if args.out:
-        _write(args.out, 'refconv_cost', report, data)
+        write_report(args.out, 'refconv_cost', report, data, 'refconv')
     else:
         print(report)
 

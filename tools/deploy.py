@@ -9,7 +9,8 @@
                 [--calib-method {minmax,entropy,percentile}]]
 
 Steps: load (the checkpoint's searched architecture first, then its weights)
--> fuse every ODBB -> verify on real images (the config's test data, or
+-> fuse every ODBB (and turn every RefConv into the plain conv of its
+refocused kernel) -> verify on real images (the config's test data, or
 --images) that the fused model computes what the training-time one does
 (exit 1 above the tolerance) -> write DIR/<config>_fused.pth and
 DIR/<config>_deploy.py (deploy=True; tools/test.py evaluates them) ->
