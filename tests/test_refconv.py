@@ -294,27 +294,26 @@ def test_refocus_fine_tune_through_tools_train_and_deploy(
 
 @pytest.mark.slow
 def test_benchmark_refconv_cost_counts_what_refconv_adds(tmp_path):
-    """tools/benchmark_refconv.py cost on the CIFAR ResNet-18 configs: W_r
+    """tools/benchmark_refconv.py cost on the demo's refocus config: W_r
     has as many weights as the kernels it refocuses (dense convs), and a
     step saves, besides the baseline's activations, exactly one refocused
     kernel W_t per conv."""
     import json
 
-    from mmpretrain.models import ResNet_CIFAR
-
     from .conftest import REPO, run_tool
     run_tool('tools/benchmark_refconv.py', 'cost',
-             REPO / 'configs/resnet18_cifar10_refocus.py', '--repeats', '1',
-             '--batch-size', '2', '--out', tmp_path)
+             REPO / 'configs/demo/odbb_fmnist_refocus_cls.py', '--repeats',
+             '2', '--batch-size', '4', '--out', tmp_path, '--cfg-options',
+             'model.backbone.backbone.branches=full')
     result = json.loads((tmp_path / 'refconv_cost.json').read_text())
-    kernels = sum(m.weight.numel() for m in ResNet_CIFAR(depth=18).modules()
-                  if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3))
+    kernels = sum(b.fused_conv.weight.numel() for b in named_odbbs(
+        ODBBNet(DEMO_ARCH, deploy=True)).values())
     assert result['frozen'] == dict(baseline=0, refconv=kernels)
     assert result['trainable']['refconv'] == result['trainable']['baseline']
     memory = result['memory']
     extra = (memory['refconv']['saved_mib'] -
              memory['baseline']['saved_mib']) * 2**20
     assert extra == 4 * kernels  # fp32 W_t
-    assert all(len(s) == 1 and s[0] > 0
+    assert all(len(s) == 2 and min(s) > 0
                for s in result['step_seconds'].values())
     assert '| refconv |' in (tmp_path / 'refconv_cost.md').read_text()
