@@ -317,3 +317,20 @@ def test_benchmark_refconv_cost_counts_what_refconv_adds(tmp_path):
     assert all(len(s) == 2 and min(s) > 0
                for s in result['step_seconds'].values())
     assert '| refconv |' in (tmp_path / 'refconv_cost.md').read_text()
+
+
+def test_benchmark_refconv_refuses_bad_inputs_in_one_line(tmp_path):
+    from .conftest import REPO, run_tool
+    cases = [(REPO / 'configs/resnet18_cifar10_refocus.py',
+              ['--cfg-options', f'load_from={tmp_path / "none.pth"}'],
+              'the checkpoint both fine-tunes start from is missing'),
+             (REPO / 'configs/resnet18_cifar10_finetune.py', [],
+              'has no RefConvConverted backbone')]
+    for config, extra, message in cases:
+        proc = run_tool('tools/benchmark_refconv.py', 'accuracy', config,
+                        '--work-dir', tmp_path / 'out', *extra, check=False)
+        assert proc.returncode == 1
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith('error: ') and message in last, last
+        assert 'Traceback' not in proc.stderr
+    assert not (tmp_path / 'out').exists()

@@ -74,6 +74,11 @@ def accuracy(args):
     from repnas_mm.compare import _run, _scalars
     from repnas_mm.deploy import deploy
     cfg = read_config(args.config, args.cfg_options)
+    method_config(cfg, 'refconv')  # a RefConv config, or one line
+    if not cfg.get('load_from') or not osp.isfile(cfg.load_from):
+        raise UserError(f'the checkpoint both fine-tunes start from is missing: '
+                        f'load_from={cfg.get("load_from")!r} (train it first, or '
+                        '--cfg-options load_from=...)')
     start = _start_accuracy(cfg, args.work_dir)
     runs = {m: [] for m in METHODS}
     for seed in args.seeds:
