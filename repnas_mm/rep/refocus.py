@@ -128,8 +128,8 @@ def convert_to_refconv(model: nn.Module,
     """Replace every plain KxK ``nn.Conv2d`` of ``model`` by a RefConv
     starting from its kernel, in place; return the converted names.
 
-    1x1 convs stay (a refocusing transform of a 1x1 kernel is a
-    per-channel scale). The model's outputs on a random ``example``
+    1x1 convs stay (refocusing a dense conv's 1x1 kernel only scales each
+    weight). The model's outputs on a random ``example``
     (default 1x3x64x64) must not change (``ValueError`` otherwise): zero
     ``W_r`` makes each RefConv its conv.
     """
