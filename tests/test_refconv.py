@@ -264,7 +264,9 @@ def test_refocus_fine_tune_through_tools_train_and_deploy(
 
     result = deploy(str(config), str(work / 'epoch_2.pth'),
                     str(tmp_path / 'deploy'), num_images=2, onnx=True,
-                    cfg_options=dict(o.split('=', 1) for o in options[:2]))
+                    cfg_options=dict(o.split('=', 1) for o in
+                                     options[:2] + cls_data_options(
+                                         cifar10_tiny)))
     assert result['fused_error'] <= 1e-6
     assert result['onnxruntime_error'] <= 1e-3 and result['sdk_error'] <= 1e-3
     fused = torch.load(result['checkpoint'], weights_only=True)['state_dict']
