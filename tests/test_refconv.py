@@ -236,7 +236,8 @@ def test_refocus_fine_tune_through_tools_train_and_deploy(
     options = [f'load_from={first["checkpoint"]}',
                f'model.backbone.backbone.branches={arch}',
                'train_cfg.max_epochs=2', 'param_scheduler.T_max=2',
-               'train_dataloader.batch_size=16', 'default_hooks.logger.interval=1',
+               'train_dataloader.batch_size=16',
+               'default_hooks.logger.interval=1',
                *cls_data_options(cifar10_tiny)]
     config = REPO / 'configs/demo/odbb_fmnist_refocus_cls.py'
     work = tmp_path / 'refocus'

@@ -51,22 +51,12 @@ METHODS = ('baseline', 'refconv')
 
 def method_config(cfg, method):
     """The RefConv config itself, or its baseline (no RefConvs)."""
-    if not _has_refconv_builder(cfg.model):
+    baseline = copy.deepcopy(cfg)
+    unwrap_converted(baseline.model, ('RefConvConverted', ))
+    if baseline.model == cfg.model:
         raise UserError(f'{cfg.filename} has no RefConvConverted backbone: '
                         'pass a RefConv fine-tuning config')
-    out = copy.deepcopy(cfg)
-    if method == 'baseline':
-        unwrap_converted(out.model, ('RefConvConverted', ))
-    return out
-
-
-def _has_refconv_builder(node):
-    if isinstance(node, dict):
-        return node.get('type') == 'RefConvConverted' or any(
-            _has_refconv_builder(v) for v in node.values())
-    if isinstance(node, (list, tuple)):
-        return any(_has_refconv_builder(v) for v in node)
-    return False
+    return baseline if method == 'baseline' else copy.deepcopy(cfg)
 
 
 # -- accuracy --------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from .surgery import absorb, grow
 
 __all__ = [
     'ODBB', 'BRANCH_NAMES', 'PRESETS', 'RefConv', 'absorb', 'build_branch',
-    'convert_to_odbb', 'convert_to_refconv', 'grow', 'legal_branches', 'named_odbbs',
-    'random_architecture',
-    'resolve_branches', 'reparameterize_model'
+    'convert_to_odbb', 'convert_to_refconv', 'grow', 'legal_branches',
+    'named_odbbs', 'random_architecture', 'resolve_branches',
+    'reparameterize_model'
 ]

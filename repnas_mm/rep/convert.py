@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .block import MAIN, ODBB
-from .outputs import output_tensors
+from .outputs import eval_outputs, outputs_match, probe_input, run_eval
 
 
 # -- conversion -----------------------------------------------------------
@@ -55,21 +55,11 @@ def find_conv_bn_pairs(model: nn.Module,
             handles.append(module.register_forward_pre_hook(
                 lambda m, i, name=name: record_bn(name, i)))
     try:
-        _run_eval(model, example)
+        run_eval(model, example)
     finally:
         for handle in handles:
             handle.remove()
     return [(conv, bns[0]) for conv, bns in readers.items() if len(bns) == 1]
-
-
-def _run_eval(model: nn.Module, example: torch.Tensor):
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            return model(example)
-    finally:
-        model.train(was_training)
 
 
 def _convertible(conv: nn.Conv2d) -> bool:
@@ -161,7 +151,7 @@ def _is_norm_then(bn: nn.Module, tail: Optional[nn.Module]) -> bool:
     return torch.allclose(expected, got, rtol=1e-5, atol=1e-6)
 
 
-def _split(name: str):
+def split_name(name: str):
     parent, _, attr = name.rpartition('.')
     return parent, attr
 
@@ -198,11 +188,9 @@ def convert_to_odbb(model: nn.Module,
             branch's own BN starts as the exact identity.
     """
     if example is None:
-        first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-        example = torch.zeros(1, first.in_channels, 64, 64)
-    probe = torch.randn(example.shape,
-                        generator=torch.Generator().manual_seed(0)).to(example)
-    before = output_tensors(_run_eval(model, probe), strict=False)
+        example = torch.zeros_like(probe_input(model))
+    probe = probe_input(model, example)
+    before = eval_outputs(model, probe)
     reparameterizable = _self_reparameterizing(model)
     converted, skipped, inside = [], [], []
     for conv_name, bn_name in find_conv_bn_pairs(model, example):
@@ -247,10 +235,11 @@ def convert_to_odbb(model: nn.Module,
                 main.bn.running_var.fill_(1.0 - main.bn.eps)
         block.active = [MAIN]
         # What restore_conv_bn needs to put the stock pair back.
-        block.stock_pair = dict(bn_name=_split(bn_name)[1], norm=bn)
-        parent = model.get_submodule(_split(conv_name)[0])
-        setattr(parent, _split(conv_name)[1], block)
-        setattr(model.get_submodule(_split(bn_name)[0]), _split(bn_name)[1],
+        bn_parent, bn_attr = split_name(bn_name)
+        block.stock_pair = dict(bn_name=bn_attr, norm=bn)
+        parent, attr = split_name(conv_name)
+        setattr(model.get_submodule(parent), attr, block)
+        setattr(model.get_submodule(bn_parent), bn_attr,
                 nn.Identity() if tail is None else tail)
         converted.append(conv_name)
     if skipped:
@@ -261,10 +250,8 @@ def convert_to_odbb(model: nn.Module,
         warnings.warn(f'convert_to_odbb left {len(inside)} KxK conv(s) as '
                       'they are, inside blocks that re-parameterize '
                       f'themselves: {_some(inside)}')
-    after = output_tensors(_run_eval(model, probe), strict=False)
-    if len(before) != len(after) or any(
-            not torch.allclose(a, b, rtol=1e-4, atol=1e-5)
-            for a, b in zip(after, before)):
+    if not outputs_match(eval_outputs(model, probe), before, rtol=1e-4,
+                         atol=1e-5):
         raise ValueError('convert_to_odbb changed the model\'s outputs: a '
                          'converted conv output is read by something else '
                          'than its BatchNorm')

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .outputs import eval_outputs, outputs_match, probe_input
 from .transforms import refocus_kernel
 
 
@@ -133,30 +134,17 @@ def convert_to_refconv(model: nn.Module,
     (default 1x3x64x64) must not change (``ValueError`` otherwise): zero
     ``W_r`` makes each RefConv its conv.
     """
-    from .outputs import output_tensors
+    from .convert import split_name
     names = [n for n, m in model.named_modules() if _plain_kxk(m)]
-    if example is None:
-        first = next((m for m in model.modules()
-                      if isinstance(m, nn.Conv2d)), None)
-        channels = first.in_channels if first is not None else 3
-        example = torch.zeros(1, channels, 64, 64)
-    probe = torch.randn(example.shape,
-                        generator=torch.Generator().manual_seed(0)).to(example)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        before = output_tensors(model(probe), strict=False)
+    probe = probe_input(model, example)
+    before = eval_outputs(model, probe)
     for name in names:
-        parent_name, _, attr = name.rpartition('.')
-        parent = model.get_submodule(parent_name)
-        conv = getattr(parent, attr)
-        setattr(parent, attr, RefConv.from_conv(conv, map_kernel_size))
-    with torch.no_grad():
-        after = output_tensors(model(probe), strict=False)
-    model.train(was_training)
-    if len(before) != len(after) or any(
-            not torch.allclose(a, b, rtol=1e-5, atol=1e-6)
-            for a, b in zip(after, before)):
+        parent, attr = split_name(name)
+        conv = model.get_submodule(name)
+        setattr(model.get_submodule(parent), attr,
+                RefConv.from_conv(conv, map_kernel_size))
+    if not outputs_match(eval_outputs(model, probe), before, rtol=1e-5,
+                         atol=1e-6):
         raise ValueError('convert_to_refconv changed the model\'s outputs')
     return names
 

@@ -14,8 +14,9 @@ def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     verb (mmpretrain's RepVGG blocks, for example). ODBBs that
     ``convert_to_odbb`` put in place of a Conv+BN pair become a plain
     ``Conv2d`` + BN pair again (the stock layout), and RefConvs
-    (``convert_to_refconv``) plain ``Conv2d`` of their kernel ``W_t``. Returns the fused model;
-    with ``inplace=False`` (default) ``model`` itself is left untouched.
+    (``convert_to_refconv``) plain ``Conv2d`` of their kernel ``W_t``.
+    Returns the fused model; with ``inplace=False`` (default) ``model``
+    itself is left untouched.
     Fusing a fused model changes nothing.
     """
     if not inplace:
