@@ -11,12 +11,12 @@ from .branches import BRANCH_NAMES, build_branch, legal_branches
 from .convert import convert_to_odbb
 from .presets import PRESETS, random_architecture, resolve_branches
 from .refocus import RefConv, convert_to_refconv
-from .reparameterize import reparameterize_model
+from .reparameterize import FusionError, reparameterize_model
 from .surgery import absorb, grow
 
 __all__ = [
-    'ODBB', 'BRANCH_NAMES', 'PRESETS', 'RefConv', 'absorb', 'build_branch',
-    'convert_to_odbb', 'convert_to_refconv', 'grow', 'legal_branches',
-    'named_odbbs', 'random_architecture', 'resolve_branches',
+    'ODBB', 'BRANCH_NAMES', 'FusionError', 'PRESETS', 'RefConv', 'absorb',
+    'build_branch', 'convert_to_odbb', 'convert_to_refconv', 'grow',
+    'legal_branches', 'named_odbbs', 'random_architecture', 'resolve_branches',
     'reparameterize_model'
 ]

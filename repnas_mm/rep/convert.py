@@ -12,8 +12,10 @@
 Growing branches in the converted blocks is :mod:`.surgery`'s job. Pure
 PyTorch.
 """
+import copy
 import warnings
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -21,76 +23,34 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .block import MAIN, ODBB
-from .outputs import eval_outputs, outputs_match, probe_input, run_eval
+from .outputs import (eval_outputs, probe_input, relative_error, tolerance,
+                      trained_like_norms)
+from .pairs import find_conv_bn_pairs, trace_conv_bn_pairs
+from .reparameterize import fuse_in_place
+from .stock import NormTail, restore_conv_bn
 
 
 # -- conversion -----------------------------------------------------------
-def find_conv_bn_pairs(model: nn.Module,
-                       example: torch.Tensor) -> List[Tuple[str, str]]:
-    """(conv name, BN name) for every BN that directly normalizes a conv.
-
-    Found by running ``example`` through ``model`` and matching each BN's
-    input tensor to the conv that produced it; no naming convention needed.
-    A conv whose output several BNs read is left out (no single pair).
-    """
-    # The produced tensors stay referenced until the end of the trace: an
-    # id() is unique only among live objects.
-    produced: Dict[int, Tuple[str, torch.Tensor]] = {}
-    readers: Dict[str, List[str]] = {}
-    handles = []
-
-    def record_bn(bn_name, inputs):
-        hit = produced.get(id(inputs[0]))
-        if hit is not None and hit[1] is inputs[0]:
-            readers.setdefault(hit[0], [])
-            if bn_name not in readers[hit[0]]:
-                readers[hit[0]].append(bn_name)
-
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            handles.append(module.register_forward_hook(
-                lambda m, i, o, name=name: produced.__setitem__(
-                    id(o), (name, o))))
-        elif isinstance(module, _BatchNorm):
-            handles.append(module.register_forward_pre_hook(
-                lambda m, i, name=name: record_bn(name, i)))
-    try:
-        run_eval(model, example)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [(conv, bns[0]) for conv, bns in readers.items() if len(bns) == 1]
-
-
-def _convertible(conv: nn.Conv2d) -> bool:
-    """A plain KxK conv (its own forward, e.g. not timm's Conv2dSame or a
-    weight-standardized conv) with ``K // 2`` zero padding and no bias."""
-    k = conv.kernel_size
-    return (type(conv).forward is nn.Conv2d.forward
-            and type(conv)._conv_forward is nn.Conv2d._conv_forward
-            and k[0] == k[1] and k[0] > 1 and k[0] % 2 == 1
-            and conv.padding == (k[0] // 2, k[0] // 2)
-            and conv.dilation == (1, 1) and conv.bias is None
-            and conv.stride[0] == conv.stride[1]
-            and conv.padding_mode == 'zeros')
-
-
-class NormTail(nn.Module):
-    """What a norm-with-activation module applies after normalizing.
-
-    timm's ``BatchNormAct2d`` is a BatchNorm subclass whose forward is BN,
-    then ``drop``, then ``act``. In a block every branch must end in a
-    *linear* BN, so the conversion gives the branches plain BNs and leaves
-    ``drop`` and ``act`` here, in the old norm's place, after the block.
-    """
-
-    def __init__(self, drop: nn.Module, act: nn.Module):
-        super().__init__()
-        self.drop = drop
-        self.act = act
-
-    def forward(self, x):
-        return self.act(self.drop(x))
+def _conv_refusal(conv: nn.Conv2d) -> Optional[str]:
+    """Why ``conv`` is no plain KxK conv with ``K // 2`` zero padding (its
+    own forward, e.g. not timm's Conv2dSame or a weight-standardized conv),
+    or None. A bias is allowed: the BN that follows absorbs it
+    (:func:`_load_stock`)."""
+    k, kind = conv.kernel_size, type(conv)
+    if kind.forward is not nn.Conv2d.forward or \
+            kind._conv_forward is not nn.Conv2d._conv_forward:
+        return f'{kind.__name__} has a forward of its own'
+    if k[0] != k[1] or k[0] % 2 == 0:
+        return f'kernel {k[0]}x{k[1]}, not odd and square'
+    if conv.padding != (k[0] // 2, k[0] // 2):
+        return f'padding {conv.padding}, not K // 2 = {k[0] // 2}'
+    if conv.padding_mode != 'zeros':
+        return f'padding mode {conv.padding_mode!r}, not zeros'
+    if conv.dilation != (1, 1):
+        return f'dilation {conv.dilation}'
+    if conv.stride[0] != conv.stride[1]:
+        return f'stride {conv.stride}'
+    return None
 
 
 _LINEAR_FORWARDS = (_BatchNorm.forward, nn.SyncBatchNorm.forward)
@@ -156,6 +116,111 @@ def split_name(name: str):
     return parent, attr
 
 
+@dataclass
+class _Swap:
+    """One Conv+BN pair and the block that takes its place; reversible."""
+    conv_name: str
+    conv: nn.Conv2d
+    bn: nn.Module
+    block: ODBB
+    tail: nn.Module  # what stays in the BN's place: Identity or NormTail
+    conv_parent: nn.Module
+    conv_attr: str
+    bn_parent: nn.Module
+    bn_attr: str
+
+    def apply(self):
+        setattr(self.conv_parent, self.conv_attr, self.block)
+        setattr(self.bn_parent, self.bn_attr, self.tail)
+
+    def undo(self):
+        setattr(self.conv_parent, self.conv_attr, self.conv)
+        setattr(self.bn_parent, self.bn_attr, self.bn)
+
+
+def _load_stock(block: ODBB, conv: nn.Conv2d, bn: nn.Module):
+    """The block's ``kxk`` branch (and, online or quantization-friendly,
+    its one BN) takes the conv's kernel and the BN's state, so that the
+    block computes ``bn(conv(x))``.
+
+    A conv bias ``b`` is folded into the BN's running mean (``mean - b``):
+    exact in eval mode, and in training the batch mean absorbs ``b`` anyway.
+    """
+    main = block.branches[MAIN]
+    with torch.no_grad():
+        (block.weight if block.weight is not None else main.weight).copy_(
+            conv.weight)
+    stats = bn.state_dict()  # a norm-act also holds its act's tensors
+    norm = main.bn if block.bn is None else block.bn
+    norm.load_state_dict({k: stats[k] for k in norm.state_dict()})
+    with torch.no_grad():
+        if conv.bias is not None:
+            norm.running_mean.sub_(conv.bias)
+        if block.online:
+            main.scale.fill_(1.0)
+        elif block.quant_friendly:  # sigma = 1 exactly: an identity in eval
+            main.bn.running_var.fill_(1.0 - main.bn.eps)
+
+
+class _ExactCheck:
+    """Does a model, converted and then fused, compute what it did?
+
+    Made before the conversion: it records the model's outputs on ``x``,
+    and whether the model's own fusion (``reparameterize_model``: its own
+    re-parameterizable blocks) runs and is exact. Each call copies the
+    model, runs the copy, fuses it (as ``reparameterize_model`` does; only
+    its ODBBs if the model's own fusion was not exact to begin with) and
+    runs it again. In float64 on the CPU (the model's own dtype and device
+    if it cannot run so), where rounding over any depth stays near 1e-13,
+    far below :attr:`RTOL`; what the bound admits is a float32 model's
+    exact identities (a quantization-friendly block's ``kxk`` BN) read in
+    float64, about 1e-8 per block. A wrong pairing under trained-like BN
+    statistics errs by tenths; a conversion that breaks the model's own
+    fusion (which reads its convs) raises or errs too.
+    """
+    RTOL = 1e-5
+
+    def __init__(self, model: nn.Module, x: torch.Tensor):
+        self.cast = dict(device='cpu', dtype=torch.float64)
+        try:
+            self.x = x.detach().to(**self.cast)
+            self.before = eval_outputs(self._copy(model), self.x)
+        except Exception:  # an op without a float64 CPU kernel
+            self.cast = None
+            self.x = x
+            self.before = eval_outputs(self._copy(model), self.x)
+        self.rtol = max(self.RTOL, tolerance(self.x.dtype))
+        try:
+            self.own_fusion = self._close(
+                fuse_in_place(self._copy(model)))
+        except Exception:
+            self.own_fusion = False
+
+    def _copy(self, model: nn.Module) -> nn.Module:
+        trial = copy.deepcopy(model)
+        return trial if self.cast is None else trial.to(**self.cast)
+
+    def _close(self, model: nn.Module) -> bool:
+        return relative_error(eval_outputs(model, self.x),
+                              self.before) <= self.rtol
+
+    def __call__(self, model: nn.Module) -> bool:
+        try:
+            trial = self._copy(model)
+            if not self._close(trial):
+                return False
+            if self.own_fusion:
+                fuse_in_place(trial)
+            else:
+                for block in [m for m in trial.modules()
+                              if isinstance(m, ODBB)]:
+                    block.switch_to_deploy()
+                restore_conv_bn(trial)
+            return self._close(trial)
+        except Exception:  # e.g. the model's own fusion reads a conv
+            return False
+
+
 def convert_to_odbb(model: nn.Module,
                     example: Optional[torch.Tensor] = None,
                     branches='dbb',
@@ -166,14 +231,26 @@ def convert_to_odbb(model: nn.Module,
 
     Each ODBB has the ``branches`` (a preset or list, filtered to what is
     legal) but only ``kxk`` active: its conv and BN are the old ones, so the
-    model's outputs are unchanged (checked on a random input; ``ValueError``
-    otherwise). Left alone, with one warning naming them: convs with a
-    bias, dilation, padding other than ``K // 2`` or a forward of their own,
-    and convs whose norm is not a linear BatchNorm (or one with an
-    activation that splits off, see :func:`_split_norm`), and convs
-    inside a block that re-parameterizes itself (a module with ``fuse``,
-    ``reparameterize`` or ``switch_to_deploy``: timm's RepVGG and MobileOne
-    blocks, mmpretrain's RepVGG). Returns the converted conv names.
+    model computes exactly what it did. A pair is a conv whose output one
+    BN alone reads (:func:`~.pairs.trace_conv_bn_pairs`), wherever the two
+    live in the module tree. A conv bias folds into the BN.
+
+    Checked, with every BN's statistics and affine parameters set as a
+    trained model's might be (:func:`~.outputs.trained_like_norms`; a fresh
+    BN is almost an identity and would hide a misplaced one), then put
+    back: the converted model, and the model fused again, compute what the
+    model did on a random input shaped like ``example`` (in float64 on the
+    CPU, relative error <= 1e-5). A pair that fails either is left alone.
+
+    Left alone, with one warning per reason naming them: convs with
+    dilation, padding other than ``K // 2`` or a forward of their own; convs
+    whose norm is not a linear BatchNorm (or one with an activation that
+    splits off, see :func:`_split_norm`); convs whose output something else
+    reads too, or which run more than once; pairs that fail the check; and
+    convs inside a block that re-parameterizes itself (a module with one of
+    :data:`REPARAMETERIZE_VERBS`: timm's RepVGG and MobileOne blocks,
+    mmpretrain's RepVGG and RepLKNet). Returns the converted conv names;
+    on an error the model is left as it was.
 
     Args:
         example: an input batch to find the pairs with (default: a 1x3x64x64
@@ -190,21 +267,24 @@ def convert_to_odbb(model: nn.Module,
     if example is None:
         example = torch.zeros_like(probe_input(model))
     probe = probe_input(model, example)
-    before = eval_outputs(model, probe)
+    reference = eval_outputs(model, probe)
+    pairs, refused = trace_conv_bn_pairs(model, example)
     reparameterizable = _self_reparameterizing(model)
-    converted, skipped, inside = [], [], []
-    for conv_name, bn_name in find_conv_bn_pairs(model, example):
+    skipped: Dict[str, List[str]] = {}  # why -> conv names
+    inside, swaps = [], []
+    for conv_name, bn_name in pairs:
         conv = model.get_submodule(conv_name)
         bn = model.get_submodule(bn_name)
-        if conv.kernel_size[0] == 1:
+        if conv.kernel_size == (1, 1):
             continue
         if any(conv_name.startswith(p + '.') for p in reparameterizable):
             inside.append(conv_name)  # its block's own fusion reads it
             continue
-        split = _split_norm(bn) if _convertible(conv) else None
+        why = _conv_refusal(conv)
+        split = None if why else _split_norm(bn)
         if split is None:
-            skipped.append(f'{conv_name} ({type(conv).__name__} + '
-                           f'{type(bn).__name__})')
+            why = why or f'{type(bn).__name__} is no linear BatchNorm'
+            skipped.setdefault(why, []).append(conv_name)
             continue
         norm_layer, tail = split
         block = ODBB(
@@ -221,48 +301,68 @@ def convert_to_odbb(model: nn.Module,
         if MAIN not in block.branch_names:
             raise ValueError(f'branches {branches!r} lack the {MAIN!r} '
                              'branch that holds the converted conv')
-        main = block.branches[MAIN]
-        with torch.no_grad():
-            (block.weight if weight_sharing else main.weight).copy_(
-                conv.weight)
-        stats = bn.state_dict()  # a norm-act also holds its act's tensors
-        norm = main.bn if block.bn is None else block.bn
-        norm.load_state_dict({k: stats[k] for k in norm.state_dict()})
-        with torch.no_grad():
-            if online:
-                main.scale.fill_(1.0)
-            elif quant_friendly:  # sigma = 1 exactly: an identity in eval
-                main.bn.running_var.fill_(1.0 - main.bn.eps)
         block.active = [MAIN]
-        # What restore_conv_bn needs to put the stock pair back.
+        conv_parent, conv_attr = split_name(conv_name)
         bn_parent, bn_attr = split_name(bn_name)
-        block.stock_pair = dict(bn_name=bn_attr, norm=bn)
-        parent, attr = split_name(conv_name)
-        setattr(model.get_submodule(parent), attr, block)
-        setattr(model.get_submodule(bn_parent), bn_attr,
-                nn.Identity() if tail is None else tail)
-        converted.append(conv_name)
-    if skipped:
-        warnings.warn(f'convert_to_odbb left {len(skipped)} KxK conv(s) as '
-                      f'they are (no plain conv + linear BatchNorm pair): '
-                      f'{_some(skipped)}')
-    if inside:
-        warnings.warn(f'convert_to_odbb left {len(inside)} KxK conv(s) as '
-                      'they are, inside blocks that re-parameterize '
-                      f'themselves: {_some(inside)}')
-    if not outputs_match(eval_outputs(model, probe), before, rtol=1e-4,
-                         atol=1e-5):
-        raise ValueError('convert_to_odbb changed the model\'s outputs: a '
-                         'converted conv output is read by something else '
-                         'than its BatchNorm')
-    return converted
+        swap = _Swap(conv_name, conv, bn, block,
+                     nn.Identity() if tail is None else tail,
+                     model.get_submodule(conv_parent), conv_attr,
+                     model.get_submodule(bn_parent), bn_attr)
+        # What restore_conv_bn needs to put the stock pair back.
+        block.stock_pair = dict(bn_parent=swap.bn_parent, bn_name=bn_attr,
+                                norm=bn, conv_bias=conv.bias is not None)
+        swaps.append(swap)
+
+    inexact = []
+    try:
+        with trained_like_norms(model, probe):
+            exact = _ExactCheck(model, probe)
+            for swap in swaps:
+                _load_stock(swap.block, swap.conv, swap.bn)
+                swap.apply()
+            if swaps and not exact(model):
+                # Find the culprits: one pair at a time, kept if exact.
+                for swap in reversed(swaps):
+                    swap.undo()
+                for swap in swaps:
+                    swap.apply()
+                    if not exact(model):
+                        swap.undo()
+                        inexact.append(swap.conv_name)
+                swaps = [s for s in swaps if s.conv_name not in inexact]
+        for swap in swaps:  # the BNs hold their own statistics again
+            _load_stock(swap.block, swap.conv, swap.bn)
+        if relative_error(eval_outputs(model, probe),
+                          reference) > tolerance(probe.dtype):
+            raise ValueError('convert_to_odbb changed the model\'s outputs')
+    except BaseException:  # nothing half-converted
+        for swap in reversed(swaps):
+            swap.undo()
+        raise
+    if refused:
+        _warn('no single BatchNorm reads their output alone', [
+            f'{conv} ({why})' for conv, why in refused.items()])
+    for why, names in skipped.items():
+        _warn(why, names)
+    _warn('inside blocks that re-parameterize themselves', inside)
+    _warn('converting them changed the outputs, or fusing them did', inexact)
+    return [s.conv_name for s in swaps]
+
+
+def _warn(reason: str, names: List[str]):
+    if names:
+        warnings.warn(f'convert_to_odbb left {len(names)} KxK conv(s) as '
+                      f'they are ({reason}): {_some(names)}')
 
 
 def _some(names: List[str], shown: int = 4) -> str:
     return ', '.join(names[:shown]) + (', ...' if len(names) > shown else '')
 
 
-REPARAMETERIZE_VERBS = ('fuse', 'reparameterize', 'switch_to_deploy')
+#: Methods by which a module fuses itself (timm, mmpretrain: RepVGG,
+#: MobileOne, RepLKNet's ``merge_kernel``, RepMLP's ``local_inject``).
+REPARAMETERIZE_VERBS = ('fuse', 'reparameterize', 'switch_to_deploy',
+                        'merge_kernel', 'local_inject')
 
 
 def _self_reparameterizing(model: nn.Module) -> List[str]:
@@ -278,43 +378,6 @@ def _self_reparameterizing(model: nn.Module) -> List[str]:
             callable(getattr(m, verb, None))
             for verb in REPARAMETERIZE_VERBS)
     ]
-
-
-def restore_conv_bn(model: nn.Module) -> int:
-    """Turn fused converted ODBBs back into a ``Conv2d`` + BN pair.
-
-    The conv holds the fused kernel; the model's own norm module comes back
-    (mean 0, var 1, weight ``sqrt(1 + eps)``) and adds the fused bias, with
-    its activation again inside when it had one. Returns how many were
-    restored.
-    """
-    restored = 0
-    for parent in list(model.modules()):
-        for attr, child in list(parent.named_children()):
-            pair = getattr(child, 'stock_pair', None)
-            if not isinstance(child, ODBB) or pair is None or \
-                    child.fused_conv is None:
-                continue
-            fused = child.fused_conv
-            conv = nn.Conv2d(child.in_channels, child.out_channels,
-                             child.kernel_size, child.stride,
-                             child.kernel_size // 2, groups=child.groups,
-                             bias=False).to(fused.weight)
-            bn = pair['norm'].to(fused.weight)
-            tail = getattr(parent, pair['bn_name'])
-            if isinstance(tail, NormTail):
-                bn.drop, bn.act = tail.drop, tail.act
-            with torch.no_grad():
-                conv.weight.copy_(fused.weight)
-                bn.running_mean.zero_()
-                bn.running_var.fill_(1.0)
-                bn.weight.fill_((1.0 + bn.eps)**0.5)
-                bn.bias.copy_(fused.bias)
-            bn.train(child.training)
-            setattr(parent, attr, conv)
-            setattr(parent, pair['bn_name'], bn)
-            restored += 1
-    return restored
 
 
 __all__ = [

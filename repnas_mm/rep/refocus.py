@@ -134,12 +134,11 @@ def convert_to_refconv(model: nn.Module,
     (default 1x3x64x64) must not change (``ValueError`` otherwise): zero
     ``W_r`` makes each RefConv its conv.
     """
-    from .convert import split_name
     names = [n for n, m in model.named_modules() if _plain_kxk(m)]
     probe = probe_input(model, example)
     before = eval_outputs(model, probe)
     for name in names:
-        parent, attr = split_name(name)
+        parent, _, attr = name.rpartition('.')
         conv = model.get_submodule(name)
         setattr(model.get_submodule(parent), attr,
                 RefConv.from_conv(conv, map_kernel_size))
