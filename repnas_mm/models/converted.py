@@ -29,7 +29,7 @@ def build_converted(backbone: dict,
     # first; the conversion copies them. mmengine then skips this backbone
     # when the Runner initialises the model (it is marked initialised).
     if hasattr(model, 'init_weights'):
-        with _quiet_console():  # mmengine prints its per-tensor init table
+        with quiet_console():  # mmengine prints its per-tensor init table
             model.init_weights()
     in_channels = backbone.get('in_channels', 3)
     convert_to_odbb(
@@ -46,7 +46,7 @@ for _registry in MODEL_REGISTRIES:
     _registry.register_module(name='ODBBConverted', module=build_converted)
 
 
-class _quiet_console:
+class quiet_console:
     """Raise the console handlers of mmengine's logger to WARNING (a Runner's
     log file still gets everything)."""
 

@@ -5,7 +5,7 @@ from repnas_mm.registry import MODEL_REGISTRIES
 from repnas_mm.rep import named_odbbs
 from repnas_mm.rep.refocus import convert_to_refconv
 
-from .converted import _quiet_console
+from .converted import quiet_console
 
 
 def build_refconv_converted(backbone: dict,
@@ -34,7 +34,7 @@ def build_refconv_converted(backbone: dict,
             f'{backbone["type"]} with deploy=True (its multi-branch ODBBs '
             'are trained by structural re-parameterization, not refocused)')
     if hasattr(model, 'init_weights'):  # init_cfg into the stock layout
-        with _quiet_console():
+        with quiet_console():
             model.init_weights()
     in_channels = backbone.get('in_channels', 3)
     names = convert_to_refconv(
