@@ -1,4 +1,5 @@
 """Reading a config file: the one way every tool and library call does it."""
+import ast
 import os.path as osp
 from typing import Optional
 
@@ -8,15 +9,54 @@ from repnas_mm.errors import UserError
 def read_config(path: str, cfg_options: Optional[dict] = None):
     """The mmengine ``Config`` at ``path`` with ``--cfg-options`` merged.
 
-    A missing file is a :class:`~repnas_mm.errors.UserError` (one line).
+    A missing file, or a Python syntax error in it or in a base it
+    inherits, is a :class:`~repnas_mm.errors.UserError` (one line).
     """
     from mmengine.config import Config
     if not osp.isfile(path):
         raise UserError(f'config file not found: {path}')
-    cfg = Config.fromfile(path)
+    try:
+        cfg = Config.fromfile(path)
+    except SyntaxError as exc:
+        raise UserError(_syntax_error(path, exc)) from None
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     return cfg
+
+
+def _syntax_error(path: str, exc: SyntaxError) -> str:
+    """One line naming the file (the config or a base it inherits) and the
+    line of a syntax error; mmengine's own error names neither."""
+    found = _first_syntax_error(path)
+    where, error = found if found else (path, exc)
+    line = f', line {error.lineno}' if error.lineno else ''
+    return f'syntax error in config {where}{line}: {error.msg}'
+
+
+def _first_syntax_error(path: str, depth: int = 0):
+    """``(file, SyntaxError)`` for the first file of ``path`` and its local
+    ``_base_`` chain that Python cannot parse, or None."""
+    with open(path, encoding='utf-8') as f:
+        text = f.read()
+    try:
+        tree = ast.parse(text, filename=path)
+    except SyntaxError as exc:
+        return path, exc
+    for node in tree.body if depth < 16 else ():
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == '_base_'
+                for t in node.targets):
+            try:
+                bases = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+            for base in [bases] if isinstance(bases, str) else bases:
+                full = osp.join(osp.dirname(path), base)
+                if '::' not in base and osp.isfile(full):
+                    found = _first_syntax_error(full, depth + 1)
+                    if found:
+                        return found
+    return None
 
 
 #: Config builders that convert a stock backbone (``backbone=``) in place.

@@ -273,6 +273,13 @@ def test_bad_inputs_get_one_line_errors(tmp_path, cifar10_tiny):
     proc = run_tool('tools/deploy.py', A0_CFG, good, '--work-dir',
                     tmp_path / 'o', check=False)
     _one_line_error(proc, '--images')
+    # A file that is not an image.
+    text = tmp_path / 'notes.jpg'
+    text.write_text('not an image\n')
+    proc = run_tool('tools/deploy.py', A0_CFG, good, '--work-dir',
+                    tmp_path / 'o', '--images', text, check=False)
+    _one_line_error(proc, f'not an image (it does not decode): {text}')
+    assert not (tmp_path / 'o').exists()
     # DCN layers cannot go to ONNX Runtime: a clear error, no ONNX file.
     arch = tmp_path / 'arch.json'
     from repnas_mm.models import ODBBNet

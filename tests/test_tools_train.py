@@ -102,3 +102,27 @@ def test_train_tool_reports_a_bad_budget_in_one_line(tmp_path, cifar10_tiny):
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith('error: ') and text in last, last
         assert '[7, 44]' in last and 'Traceback' not in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_config_with_a_syntax_error_gets_one_line_from_every_tool(
+        tmp_path):
+    bad = tmp_path / 'bad.py'
+    bad.write_text("model = dict(type='ImageClassifier'\nwork_dir = 'x'\n")
+    child = tmp_path / 'child.py'  # inherits the broken one
+    child.write_text(f"_base_ = '{bad}'\n")
+    ckpt = tmp_path / 'any.pth'
+    ckpt.write_bytes(b'')
+    out = tmp_path / 'out'
+    for args in (('tools/train.py', bad, '--work-dir', out),
+                 ('tools/test.py', child, ckpt, '--work-dir', out),
+                 ('tools/deploy.py', bad, ckpt, '--work-dir', out),
+                 ('tools/compare_architectures.py', child, '--work-dir', out),
+                 ('tools/benchmark_latency.py', bad, '--out-dir', out)):
+        proc = run_tool(*args, check=False)
+        assert proc.returncode == 1, (args[0], proc.stderr[-2000:])
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last == f"error: syntax error in config {bad}, line 1: " \
+            "'(' was never closed", (args[0], last)
+        assert 'Traceback' not in proc.stderr, args[0]
+        assert not out.exists(), args[0]

@@ -31,6 +31,15 @@ def image_files(images: Sequence[str]) -> List[str]:
     return files
 
 
+def check_image(path: str):
+    """A :class:`DeployError` unless ``path`` decodes as an image (what
+    the test pipeline's ``LoadImageFromFile`` would assert deep inside)."""
+    import mmcv
+    with open(path, 'rb') as f:
+        if mmcv.imfrombytes(f.read()) is None:
+            raise DeployError(f'not an image (it does not decode): {path}')
+
+
 def _test_pipeline(cfg):
     from mmengine.dataset import Compose
     pipeline = cfg.test_dataloader.dataset.get('pipeline')
@@ -53,9 +62,12 @@ def collect_batches(cfg, images: Optional[Sequence[str]] = None,
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     if images:
         pipeline = _test_pipeline(cfg)
+        files = image_files(images)[:num_images]
+        for path in files:
+            check_image(path)
         samples = [
             pipeline(dict(img_path=f, img_id=i, sample_idx=i))
-            for i, f in enumerate(image_files(images)[:num_images])
+            for i, f in enumerate(files)
         ]
         return [pseudo_collate([s]) for s in samples]
     from mmengine.runner import Runner
