@@ -2,6 +2,7 @@
 #
 #   make setup     create .venv/ and install the pinned stack (mmcv ops built once, then cached)
 #   make test      setup if needed, then the test suite (installs Debian's Fashion-MNIST as root)
+#   make test-fast the same without the tests marked slow (a few minutes)
 #   make demo      setup if needed, then the main job on an embedded real data set
 #
 # Use another environment instead of .venv:   make test VENV=/path/to/env
@@ -17,10 +18,10 @@ SETUP_INPUTS := requirements/torch.txt requirements/runtime.txt requirements/tes
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: help setup test demo clean
+.PHONY: help setup test test-fast demo clean
 
 help:
-	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
 
 # `make setup` always runs the (idempotent) script; `make test`/`make demo` run it only when
 # the environment is missing or one of its inputs changed.
@@ -35,6 +36,10 @@ $(STAMP): $(SETUP_INPUTS)
 test: $(STAMP)
 	bash scripts/ensure_fashion_mnist.sh
 	"$(PY)" -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	bash scripts/ensure_fashion_mnist.sh
+	"$(PY)" -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	bash scripts/ensure_fashion_mnist.sh
