@@ -48,11 +48,13 @@ def _first_syntax_error(path: str, depth: int = 0):
                 for t in node.targets):
             try:
                 bases = ast.literal_eval(node.value)
-            except ValueError:
-                continue
+            except (ValueError, TypeError, SyntaxError):
+                continue  # not a literal: mmengine's message stands
             for base in [bases] if isinstance(bases, str) else bases:
+                if not isinstance(base, str) or '::' in base:
+                    continue  # a package's base parses
                 full = osp.join(osp.dirname(path), base)
-                if '::' not in base and osp.isfile(full):
+                if osp.isfile(full):
                     found = _first_syntax_error(full, depth + 1)
                     if found:
                         return found

@@ -131,11 +131,11 @@ def set_trained_like_norms(model: nn.Module, x: Tensor, seed: int = 0):
                     dims = [d for d in range(inputs[0].dim()) if d != 1]
                     var, mean = torch.var_mean(inputs[0].detach().to(mean),
                                                dim=dims, unbiased=False)
-                    # The second moment (floored at a tenth of the
-                    # channels' mean), and at most half the mean: a channel
-                    # of nearly constant or nearly zero values (a pooled
-                    # map, a batch of one) must not turn rounding noise
-                    # into signal.
+                    # The second moment, plus its mean over the channels
+                    # (a floor), and at most half the mean: a channel of
+                    # nearly constant or nearly zero values (a pooled map,
+                    # a batch of one) must not turn rounding noise into
+                    # signal.
                     var = var + mean.square()
                     var = var + var.mean() + bn.eps
                 bn.running_mean.copy_(mean * uniform(n, -0.5, 0.5, mean))
