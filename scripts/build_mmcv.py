@@ -39,6 +39,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import List, Optional, Tuple
 
 MMCV_VERSION = '2.1.0'
 SDIST_NAME = f'mmcv-{MMCV_VERSION}.tar.gz'
@@ -57,20 +58,263 @@ def cache_root():
     return Path(os.environ.get('REPNAS_CACHE_DIR', default / 'repnas_mm'))
 
 
-def build_variant():
-    """Which wheel this torch needs: torch version + op flavour."""
+def cuda_wanted() -> bool:
+    """CUDA ops for a CUDA build of torch where a GPU is visible, or under
+    ``FORCE_CUDA=1``."""
     import torch
-    cuda = torch.version.cuda if (torch.cuda.is_available() or os.environ.get(
-        'FORCE_CUDA', '0') == '1') else None
-    flavour = f'cu{cuda.replace(".", "")}' if cuda else 'cpu'
-    arch = os.environ.get('TORCH_CUDA_ARCH_LIST')
-    if cuda and arch:
-        flavour += '-sm' + re.sub(r'[^0-9a-zA-Z]+', '_', arch).strip('_')
+    return bool(torch.version.cuda) and (
+        torch.cuda.is_available() or os.environ.get('FORCE_CUDA', '0') == '1')
+
+
+def build_variant(use_cuda: Optional[bool] = None):
+    """Which wheel this torch needs: torch version + op flavour (``cpu``, or
+    ``cu<ver>-sm<arch list>``), and whether it has CUDA ops."""
+    import torch
+    use_cuda = cuda_wanted() if use_cuda is None else use_cuda
+    flavour = 'cpu'
+    if use_cuda:
+        arch = re.sub(r'[^0-9a-zA-Z]+', '_', cuda_arch_list()).strip('_')
+        flavour = f'cu{torch.version.cuda.replace(".", "")}-sm{arch}'
     torch_version = torch.__version__.split('+')[0]
     py = f'py{sys.version_info.major}{sys.version_info.minor}'
-    return f'torch{torch_version}-{flavour}-{py}', bool(cuda)
+    return f'torch{torch_version}-{flavour}-{py}', use_cuda
 
 
+# -- the CUDA compiler ------------------------------------------------------
+#: NVIDIA's compiler as wheels, at the CUDA version torch was built with.
+CUDA_REQUIREMENTS = REPO_ROOT / 'requirements' / 'cuda.txt'
+#: Compute capabilities a CUDA build targets under FORCE_CUDA=1 when no GPU
+#: is visible to read them from: Turing to Hopper (CUDA 13 starts at 7.5),
+#: plus PTX that newer GPUs compile at load time.
+DEFAULT_CUDA_ARCH_LIST = '7.5;8.0;8.6;8.9;9.0+PTX'
+
+
+class CompilerMissing(RuntimeError):
+    """No CUDA compiler of torch's CUDA version can be had."""
+
+
+def nvcc_release(nvcc: Path) -> Optional[str]:
+    """``X.Y`` from ``nvcc --version``, or None if it does not run."""
+    try:
+        out = subprocess.run([str(nvcc), '--version'], capture_output=True,
+                             text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r'release (\d+\.\d+)', out)
+    return found[1] if found else None
+
+
+def named_cuda_homes() -> List[Path]:
+    """The toolkits a user named: ``CUDA_HOME``, ``CUDA_PATH``."""
+    return [Path(os.environ[k]) for k in ('CUDA_HOME', 'CUDA_PATH')
+            if os.environ.get(k)]
+
+
+def system_cuda_homes() -> List[Path]:
+    """Other installed toolkits: the ``nvcc`` on ``PATH`` (two folders up
+    from its real path), ``/usr/local/cuda``."""
+    homes = []
+    nvcc = shutil.which('nvcc')
+    if nvcc:
+        homes.append(Path(nvcc).resolve().parents[1])
+    homes.append(Path('/usr/local/cuda'))
+    return homes
+
+
+def toolkit_release(home: Path) -> Optional[str]:
+    """The CUDA release of the toolkit at ``home``, or None if it is not
+    one torch can build with (no ``bin/nvcc`` that runs, no runtime
+    headers: ``/usr/local`` holding only an ``nvcc`` wrapper is not)."""
+    if not (home / 'include' / 'cuda_runtime.h').is_file():
+        return None
+    return nvcc_release(home / 'bin' / 'nvcc')
+
+
+def wheel_cuda_tree(cuda: str) -> Optional[Path]:
+    """Where NVIDIA's wheels put CUDA ``cuda`` in this environment
+    (``site-packages/nvidia/cu13`` beside torch's runtime libraries)."""
+    import importlib.util
+    spec = importlib.util.find_spec('nvidia')
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        tree = Path(root) / f'cu{cuda.split(".")[0]}'
+        if tree.is_dir():
+            return tree
+    return None
+
+
+def pinned_cuda_release() -> str:
+    """``X.Y`` of the nvcc that requirements/cuda.txt pins."""
+    found = re.search(r'^nvidia-cuda-nvcc==(\d+\.\d+)\.',
+                      CUDA_REQUIREMENTS.read_text(), re.M)
+    if not found:
+        raise RuntimeError(f'{CUDA_REQUIREMENTS} pins no nvidia-cuda-nvcc')
+    return found[1]
+
+
+def install_compiler_wheels():
+    """NVIDIA's compiler wheels into this environment (--no-deps: their
+    runtime libraries are torch's own)."""
+    log(f'installing the CUDA compiler ({CUDA_REQUIREMENTS.name}) into '
+        f'{sys.prefix}')
+    proc = subprocess.run([
+        sys.executable, '-m', 'pip', 'install', '--quiet', '--no-deps',
+        '--disable-pip-version-check', '--no-input', '-r',
+        str(CUDA_REQUIREMENTS)
+    ],
+                          capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise CompilerMissing(
+            'pip could not install NVIDIA\'s compiler wheels '
+            f'({CUDA_REQUIREMENTS.name}); does your package index have them?')
+
+
+def assemble_cuda_home(tree: Path, home: Path) -> Path:
+    """A ``CUDA_HOME`` that torch's extension builder accepts, made of
+    symbolic links into the wheels' tree: ``bin`` (nvcc, which finds
+    ``nvvm`` and its ``include`` beside itself), ``include``, ``nvvm``, and
+    ``lib64`` with the unversioned ``libcudart.so`` the linker asks for."""
+    if (home / 'lib64' / 'libcudart.so').exists() and \
+            (home / 'bin').resolve() == (tree / 'bin').resolve():
+        return home
+    partial = home.with_name(home.name + '.part')
+    shutil.rmtree(partial, ignore_errors=True)
+    (partial / 'lib64').mkdir(parents=True)
+    for name in ('bin', 'include', 'nvvm'):
+        (partial / name).symlink_to(tree / name, target_is_directory=True)
+    for lib in sorted((tree / 'lib').iterdir()):
+        (partial / 'lib64' / lib.name).symlink_to(lib)
+    runtime = sorted((tree / 'lib').glob('libcudart.so.*'))
+    if not runtime:
+        raise CompilerMissing(f'no libcudart.so.* in {tree / "lib"}')
+    (partial / 'lib64' / 'libcudart.so').symlink_to(runtime[0].name)
+    shutil.rmtree(home, ignore_errors=True)
+    partial.replace(home)
+    return home
+
+
+def find_cuda_home(install: bool = True) -> Tuple[Path, str]:
+    """``(CUDA_HOME, release)`` of a CUDA compiler of torch's version
+    (``torch.version.cuda``, major and minor), in this order:
+
+    1. the toolkit ``CUDA_HOME`` or ``CUDA_PATH`` names, if its version is
+       torch's (a user's explicit choice);
+    2. NVIDIA's wheels in this environment (``requirements/cuda.txt``,
+       installed first with ``install``) behind a ``CUDA_HOME`` assembled
+       in ``<env>/cuda-X.Y``: pinned, so every build gets the same
+       compiler;
+    3. another installed toolkit of torch's version (``nvcc`` on ``PATH``,
+       ``/usr/local/cuda``), where the wheels cannot be had (a mirror
+       without them).
+
+    :class:`CompilerMissing` (one line) if none.
+    """
+    import torch
+    want = torch.version.cuda
+    if not want:
+        raise CompilerMissing(f'torch {torch.__version__} is a CPU build: it '
+                              'has no CUDA version to compile for')
+    found = []
+
+    def matching(homes):
+        for home in homes:
+            release = toolkit_release(home)
+            if release == want:
+                return home
+            if release:
+                found.append(f'{home} has CUDA {release}')
+        return None
+
+    home = matching(named_cuda_homes())
+    if home:
+        return home, want
+    tree = wheel_cuda_tree(want)
+    if (tree is None or not (tree / 'bin' / 'nvcc').exists()) and install:
+        if pinned_cuda_release() != want:
+            raise CompilerMissing(
+                f'{CUDA_REQUIREMENTS.name} pins the CUDA '
+                f'{pinned_cuda_release()} compiler, torch is built with CUDA '
+                f'{want}: pin nvidia-cuda-nvcc/-crt/-cccl and nvidia-nvvm '
+                f'{want}.x there')
+        try:
+            install_compiler_wheels()
+        except CompilerMissing as exc:
+            found.append(str(exc))
+        tree = wheel_cuda_tree(want)
+    if tree is not None and (tree / 'bin' / 'nvcc').exists():
+        release = nvcc_release(tree / 'bin' / 'nvcc')
+        if release == want:
+            return assemble_cuda_home(
+                tree, Path(sys.prefix) / f'cuda-{want}'), release
+        found.append(f'{tree} has CUDA {release}')
+    home = matching(system_cuda_homes())
+    if home:
+        return home, want
+    raise CompilerMissing(
+        f'no CUDA {want} compiler (torch is built with CUDA {want}'
+        + (f'; {"; ".join(found)}' if found else '') + '): run `python '
+        'scripts/build_mmcv.py --check-cuda` to install NVIDIA\'s (pip '
+        f'install --no-deps -r requirements/{CUDA_REQUIREMENTS.name}), or '
+        f'set CUDA_HOME to a CUDA {want} toolkit')
+
+
+def cuda_arch_list() -> str:
+    """``TORCH_CUDA_ARCH_LIST`` if set; else the visible GPUs' compute
+    capabilities; else :data:`DEFAULT_CUDA_ARCH_LIST`."""
+    import torch
+    if os.environ.get('TORCH_CUDA_ARCH_LIST'):
+        return os.environ['TORCH_CUDA_ARCH_LIST']
+    if torch.cuda.is_available():
+        caps = sorted({torch.cuda.get_device_capability(i)
+                       for i in range(torch.cuda.device_count())})
+        return ';'.join(f'{major}.{minor}' for major, minor in caps)
+    return DEFAULT_CUDA_ARCH_LIST
+
+
+def installed_ok() -> int:
+    """``--installed``: 0 if this environment's mmcv is 2.1.0 with compiled
+    ops of the flavour a build here would give (CUDA ops where they are
+    wanted and a compiler can be had, else CPU ops), else 1; one line."""
+    proc = subprocess.run([
+        sys.executable, '-c', 'import mmcv, mmcv._ext; from mmcv.ops import '
+        'get_compiling_cuda_version as v; print(mmcv.__version__ + "|" + v())'
+    ], capture_output=True, text=True)
+    if proc.returncode != 0:
+        log('mmcv with compiled ops is not installed')
+        return 1
+    version, cuda_ops = proc.stdout.strip().splitlines()[-1].split('|')
+    has_cuda = cuda_ops != 'not available'
+    wanted = False
+    if cuda_wanted():
+        try:
+            find_cuda_home(install=False)
+            wanted = True
+        except CompilerMissing:
+            pass
+    if version != MMCV_VERSION or has_cuda != wanted:
+        log(f'installed: mmcv {version}, CUDA ops {cuda_ops}; wanted: '
+            f'{MMCV_VERSION} with {"CUDA" if wanted else "CPU"} ops')
+        return 1
+    log(f'already installed: mmcv {version} with '
+        f'{"CUDA " + cuda_ops if has_cuda else "CPU"} ops')
+    return 0
+
+
+def check_cuda() -> int:
+    """``--check-cuda``: two lines (``CUDA_HOME=...``, ``nvcc release
+    X.Y``) and 0, or one line and 1."""
+    try:
+        home, release = find_cuda_home(install=True)
+    except CompilerMissing as exc:
+        print(f'[build_mmcv] {exc}', file=sys.stderr)
+        return 1
+    print(f'CUDA_HOME={home}')
+    print(f'nvcc release {release}')
+    return 0
+
+
+# -- the sdist and the build ------------------------------------------------
 def download_sdist(dest: Path, overlay: Path) -> Path:
     """The mmcv sdist, through ``pip download`` (so the user's pip settings,
     index, mirror, proxy and certificates, apply), sha256-checked.
@@ -162,20 +406,29 @@ def overlay_env(overlay: Path) -> dict:
     return env
 
 
-def build_wheel(src: Path, overlay: Path, out: Path, use_cuda: bool,
-                log_path: Path):
+def build_wheel(src: Path, overlay: Path, out: Path,
+                cuda_home: Optional[Path], log_path: Path):
+    """Compile mmcv's ops into a wheel in ``out``: CUDA ops too with a
+    ``cuda_home`` (for :func:`cuda_arch_list`), else CPU ops only."""
     env = overlay_env(overlay)
     env['MMCV_WITH_OPS'] = '1'
     env.setdefault('MAX_JOBS', str(os.cpu_count() or 1))
+    use_cuda = cuda_home is not None
     if use_cuda:
-        env['FORCE_CUDA'] = '1'
+        env.update(FORCE_CUDA='1', CUDA_HOME=str(cuda_home),
+                   TORCH_CUDA_ARCH_LIST=cuda_arch_list())
+        env['PATH'] = os.pathsep.join([str(cuda_home / 'bin'), env['PATH']])
+    else:
+        env['FORCE_CUDA'] = '0'  # also where a GPU is visible
     cmd = [
         sys.executable, '-m', 'pip', 'wheel', '--verbose', '--no-deps',
         '--no-build-isolation', '--disable-pip-version-check', '--wheel-dir',
         str(out),
         str(src)
     ]
-    log(f'compiling mmcv {MMCV_VERSION} ops ({"CUDA" if use_cuda else "CPU"}, '
+    flavour = (f'CUDA, CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST='
+               f'{env["TORCH_CUDA_ARCH_LIST"]}') if use_cuda else 'CPU'
+    log(f'compiling mmcv {MMCV_VERSION} ops ({flavour}, '
         f'MAX_JOBS={env["MAX_JOBS"]}); full log: {log_path}')
     progress = re.compile(r'^\[(\d+)/(\d+)\]')
     start = time.time()
@@ -214,9 +467,30 @@ def main():
         '--print-variant',
         action='store_true',
         help='print the cache folder this torch uses and exit')
+    parser.add_argument(
+        '--check-cuda',
+        action='store_true',
+        help='make sure a CUDA compiler of torch\'s version is there '
+        '(installing NVIDIA\'s wheels if needed), print CUDA_HOME and its '
+        'nvcc release, and exit; 1 if none can be had')
+    parser.add_argument(
+        '--installed',
+        action='store_true',
+        help='exit 0 if the installed mmcv has the ops a build here would '
+        'give, else 1')
     args = parser.parse_args()
+    if args.check_cuda:
+        return check_cuda()
+    if args.installed:
+        return installed_ok()
 
-    variant, use_cuda = build_variant()
+    cuda_home = None
+    if cuda_wanted():
+        try:  # --print-variant only looks; a build installs what it needs
+            cuda_home = find_cuda_home(install=not args.print_variant)[0]
+        except CompilerMissing as exc:
+            log(f'WARNING: CPU ops only: {exc}')
+    variant, _ = build_variant(cuda_home is not None)
     wheel_dir = cache_root() / 'wheels' / variant
     if args.print_variant:
         print(wheel_dir)
@@ -241,7 +515,7 @@ def main():
         src = tmp / f'mmcv-{MMCV_VERSION}'
         count = patch_setup_py(src)
         log(f'patched setup.py: {count} compiler flags -> -std=c++20')
-        built = build_wheel(src, overlay, tmp / 'dist', use_cuda,
+        built = build_wheel(src, overlay, tmp / 'dist', cuda_home,
                             root / f'mmcv-build-{variant}.log')
         # Copy next to its final place first, then rename: atomic.
         partial = wheel_dir / (built.name + '.part')
