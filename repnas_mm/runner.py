@@ -19,7 +19,7 @@ from mmengine.runner import Runner
 
 from repnas_mm.checkpoint import CONFIG_KEY, allow_unsafe_checkpoints
 from repnas_mm.config import read_config
-from repnas_mm.errors import USER_ERRORS
+from repnas_mm.errors import USER_ERRORS, UserError
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
@@ -114,11 +114,48 @@ def prepare_cpu_distributed(cfg):
 
 
 def build_runner(cfg):
-    """``Runner.from_cfg`` honouring a custom ``runner_type``."""
+    """``Runner.from_cfg`` honouring a custom ``runner_type``; a model that
+    needs mmcv CUDA ops this mmcv lacks stops here (:func:`check_cuda_ops`).
+    """
     if 'runner_type' in cfg:
         from mmengine.registry import RUNNERS
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+        runner = RUNNERS.build(cfg)
+    else:
+        runner = Runner.from_cfg(cfg)
+    check_cuda_ops(runner.model, cfg)
+    return runner
+
+
+def check_cuda_ops(model, cfg):
+    """A :class:`~repnas_mm.errors.UserError` (one line) when ``model`` will
+    run on a GPU but holds deformable convs (CenterNet's DCNv2 neck), and
+    this mmcv was built with CPU ops only: their CUDA kernels are missing,
+    and the run would otherwise stop at its first forward pass."""
+    if not torch.cuda.is_available():
+        return
+    from mmcv.ops import (DeformConv2d, ModulatedDeformConv2d,
+                          get_compiling_cuda_version)
+    if get_compiling_cuda_version() != 'not available':
+        return
+    dcn = [name for name, m in model.named_modules()
+           if isinstance(m, (DeformConv2d, ModulatedDeformConv2d))]
+    if dcn:
+        raise UserError(
+            f'{dcn[0]} is a deformable conv (DCNv2), which runs on a GPU only '
+            'with mmcv\'s CUDA ops, and this mmcv has CPU ops only (built '
+            f'without a CUDA compiler): {_without_dcn(cfg)}, or get a '
+            'compiler (python scripts/build_mmcv.py --check-cuda) and '
+            'rebuild mmcv (python scripts/build_mmcv.py --rebuild, then '
+            'make setup)')
+
+
+def _without_dcn(cfg) -> str:
+    """How to run ``cfg`` without deformable convs."""
+    path = cfg.get('filename') or ''
+    stem, ext = osp.splitext(path)
+    if stem.endswith('_coco') and osp.isfile(stem[:-5] + '_nodcn_coco' + ext):
+        return f'use {stem[:-5]}_nodcn_coco{ext} (plain up-convs)'
+    return 'use plain up-convs (--cfg-options model.neck.use_dcn=False)'
 
 
 def run_tool(main):

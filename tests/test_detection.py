@@ -268,3 +268,44 @@ def test_pretrained_without_a_checkpoint_needs_a_run_in_branches():
                   init_cfg=dict(type='Pretrained', prefix='backbone.'))
     with pytest.raises(UserError, match='needs a checkpoint'):
         net.init_weights()
+
+
+@pytest.mark.parametrize('config,nodcn', [
+    ('configs/centernet_odbb_a0_coco.py',
+     'configs/centernet_odbb_a0_nodcn_coco.py'),
+    ('tests/configs/centernet_r18_coco8.py', None),
+])
+def test_dcn_on_a_gpu_with_cpu_only_mmcv_stops_at_build_in_one_line(
+        monkeypatch, config, nodcn):
+    """A GPU and an mmcv built without a CUDA compiler (both simulated on
+    this CPU machine): the DCNv2 neck stops the run when the model is
+    built, naming the _nodcn config (or the option); with CUDA ops, or
+    without a GPU, nothing is said."""
+    import mmcv.ops
+    from mmengine.config import Config
+
+    from repnas_mm.deploy.model import build_model_unchecked
+    from repnas_mm.errors import UserError
+    from repnas_mm.runner import check_cuda_ops
+    cfg = Config.fromfile(str(REPO / config))
+    cfg.filename = config  # as a user names it
+    if cfg.model.backbone.type == 'ODBBNet':  # no searched run here
+        cfg.merge_from_dict({'model.backbone.branches': 'repvgg',
+                             'model.backbone.init_cfg': None})
+    model = build_model_unchecked(cfg)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    check_cuda_ops(model, cfg)  # no GPU: nothing to say
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(mmcv.ops, 'get_compiling_cuda_version',
+                        lambda: '13.0')
+    check_cuda_ops(model, cfg)  # CUDA ops: nothing to say
+    monkeypatch.setattr(mmcv.ops, 'get_compiling_cuda_version',
+                        lambda: 'not available')
+    advice = f'use {nodcn} (plain up-convs)' if nodcn else \
+        'use plain up-convs (--cfg-options model.neck.use_dcn=False)'
+    with pytest.raises(UserError, match='deformable conv .* CPU ops only') \
+            as error:
+        check_cuda_ops(model, cfg)
+    assert advice in str(error.value) and '\n' not in str(error.value)
+    cfg.merge_from_dict({'model.neck.use_dcn': False})
+    check_cuda_ops(build_model_unchecked(cfg), cfg)
