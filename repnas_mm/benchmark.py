@@ -106,6 +106,19 @@ def time_round_robin(runs: Dict[str, Callable[[], object]],
     return timings
 
 
+def cuda_peak_mib(run: Callable[[], object], device) -> float:
+    """MiB that one ``run()`` adds at its peak on a CUDA ``device``
+    (``torch.cuda.max_memory_allocated`` above what was allocated before;
+    inference mode)."""
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    with torch.inference_mode():
+        run()
+    sync(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
 def mean_std(values) -> tuple:
     """(mean, sample std) of ``values``; the std of one value is 0."""
     values = list(values)

@@ -4,7 +4,7 @@ RepVGG deploy vs ResNet-18/50, side by side (CUDA when present, else CPU).
 
     python tools/benchmark_latency.py A0                       # arch name: classifiers
     python tools/benchmark_latency.py CONFIG [--checkpoint CKPT]   # a config's model
-    python tools/benchmark_latency.py A0 --batch-size 128 --device cuda
+    python tools/benchmark_latency.py A0 --batch-size 128 --device cuda [--dtype float16]
 
 Writes OUT/latency.md (Markdown table), latency.json and latency.png (bar chart).
 """
@@ -29,13 +29,16 @@ def main(argv=None):
     parser.add_argument('--repeats', type=int, default=10)
     parser.add_argument('--iters', type=int, default=3)
     parser.add_argument('--device')
+    parser.add_argument('--dtype', choices=('float32', 'float16'),
+                        default='float32',
+                        help='float16: half precision, on CUDA only')
     parser.add_argument('--no-onnx', action='store_true')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = parser.parse_args(argv)
     run_latency_benchmark(args.target, args.checkpoint, args.out_dir,
                           args.batch_size, args.input_size, args.repeats,
                           args.iters, args.device, not args.no_onnx,
-                          cfg_options=args.cfg_options)
+                          cfg_options=args.cfg_options, dtype=args.dtype)
     return 0
 
 

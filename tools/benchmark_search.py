@@ -44,6 +44,17 @@ from repnas_mm.search import SearchSpace
 from repnas_mm.search.optim import JointOptimizer
 
 
+#: name -> (branches, searched, online)
+CONFIGS = {
+    'plain': ('plain', False, False),
+    'repvgg': ('repvgg', False, False),
+    'search': ('full', True, False),
+    'search online': ('full', True, True),
+    'full': ('full', False, False),
+    'full online': ('full', False, True),
+}
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--arch', default='A0')
@@ -53,9 +64,15 @@ def parse_args(argv=None):
     parser.add_argument('--input-size', type=int, default=224)
     parser.add_argument('--repeats', type=int, default=9)
     parser.add_argument('--device', default=None)
+    parser.add_argument('--configs', nargs='+', choices=list(CONFIGS),
+                        default=list(CONFIGS),
+                        help='configurations to run (plain is always one: '
+                        'the ratios are to it)')
     parser.add_argument('--out', help='also write the results as JSON here')
     parser.add_argument('--memory-probe', help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.configs = ['plain'] + [c for c in args.configs if c != 'plain']
+    return args
 
 
 class Net(nn.Module):
@@ -73,17 +90,6 @@ class Net(nn.Module):
 
 def sgd(params):
     return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4)
-
-
-#: name -> (branches, searched, online)
-CONFIGS = {
-    'plain': ('plain', False, False),
-    'repvgg': ('repvgg', False, False),
-    'search': ('full', True, False),
-    'search online': ('full', True, True),
-    'full': ('full', False, False),
-    'full online': ('full', False, True),
-}
 
 
 class Setup:
@@ -127,12 +133,12 @@ def inputs(args, device, batch):
 def time_steps(args, device, batch):
     """{name: [seconds per repeat]}, every configuration once per repeat."""
     x, y = inputs(args, device, batch)
-    setups = {name: Setup(name, args, device) for name in CONFIGS}
+    setups = {name: Setup(name, args, device) for name in args.configs}
     for setup in setups.values():  # warm-up
         for _ in range(2):
             setup.step(x, y)
     from tqdm import tqdm
-    names = list(CONFIGS)
+    names = list(args.configs)
     times = {name: [] for name in names}
     for r in tqdm(range(args.repeats), desc='(a) step time', unit='round'):
         for name in names[r % len(names):] + names[:r % len(names)]:
@@ -180,7 +186,7 @@ def main():
           f'{args.budget}')
     times = time_steps(args, device, batch)
     memory = {}
-    for name in CONFIGS:
+    for name in args.configs:
         cmd = [sys.executable, __file__, '--memory-probe', name, '--arch',
                args.arch, '--budget', str(args.budget), '--batch-size',
                str(batch), '--input-size', str(args.input_size), '--device',
@@ -196,7 +202,7 @@ def main():
     if device.type == 'cuda':
         headers += ['CUDA peak MiB', 'vs plain']
     rows, summary = [], {}
-    for name in CONFIGS:
+    for name in args.configs:
         m = memory[name]
         ratio = statistics.median(t / p for t, p in zip(times[name], plain_t))
         label = name.replace('search', f'search@{args.budget}')
@@ -210,7 +216,9 @@ def main():
                     f'{m["cuda_peak_mib"] / plain_m["cuda_peak_mib"]:.2f}']
         rows.append(row)
         summary[name] = dict(step_ratio=ratio,
-                             saved_ratio=m['saved_mib'] / plain_m['saved_mib'])
+                             saved_ratio=m['saved_mib'] / plain_m['saved_mib'],
+                             steps_per_second=1 / statistics.median(
+                                 times[name]))
     print(f'\nmedians over {args.repeats} rounds; ratios: median of the '
           'per-round ratios to plain')
     print(markdown_table(headers, rows))

@@ -15,8 +15,8 @@ from typing import Dict, Optional
 
 import torch
 
-from repnas_mm.benchmark import (describe_device, markdown_table,
-                                 time_round_robin)
+from repnas_mm.benchmark import (cuda_peak_mib, describe_device,
+                                 markdown_table, time_round_robin)
 from repnas_mm.rep import reparameterize_model
 
 from .model import DeployError, build_model, load_for_deploy
@@ -114,24 +114,40 @@ def run_latency_benchmark(target: str,
                           device: Optional[str] = None,
                           onnx: bool = True,
                           cfg_options: Optional[dict] = None,
+                          dtype: str = 'float32',
                           log=print) -> Dict[str, dict]:
-    """Time every candidate; write latency.md, latency.json, latency.png."""
+    """Time every candidate; write latency.md, latency.json, latency.png.
+
+    ``dtype='float16'`` (CUDA only) runs every PyTorch model in half
+    precision (no ONNX Runtime row). On CUDA the table also has each
+    model's peak memory for one batch (``torch.cuda.max_memory_allocated``
+    above what was allocated before).
+    """
     from .verify import flatten
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    batch = batch_size or (128 if device == 'cuda' else 8)
+    cuda = torch.device(device).type == 'cuda'
+    if dtype not in ('float32', 'float16'):
+        raise DeployError(f'dtype must be float32 or float16, got {dtype!r}')
+    if dtype == 'float16' and not cuda:
+        raise DeployError('float16 latency is measured on CUDA only (a CPU '
+                          'runs half-precision convs slower than float32)')
+    batch = batch_size or (128 if cuda else 8)
     models, size = build_candidates(target, checkpoint, cfg_options)
     size = input_size or size
     x = torch.randn(batch, 3, size, size)
     runs = {}
     for name, model in models.items():
-        model.to(device)
-        runs[name] = (lambda m=model, xd=x.to(device):
+        model.to(device, getattr(torch, dtype))
+        runs[name] = (lambda m=model, xd=x.to(device, getattr(torch, dtype)):
                       flatten(m(xd, mode='tensor')))
+    peaks = {name: cuda_peak_mib(run, device) for name, run in runs.items()
+             } if cuda else {}
     notes = []
-    if onnx:
+    if onnx and dtype == 'float32':
         runs.update(_onnx_run(models['fused'], x, notes))
     where = describe_device(device)
-    log(f'[latency] {where}; batch {batch}, {size}x{size}, fp32; '
+    precision = 'fp32' if dtype == 'float32' else 'fp16'
+    log(f'[latency] {where}; batch {batch}, {size}x{size}, {precision}; '
         f'{repeats} repeats x {iters} iterations, round-robin')
     timings = time_round_robin(runs, batch, device, repeats, iters)
     fused = timings['fused']
@@ -145,11 +161,15 @@ def run_latency_benchmark(target: str,
             name, f'{1e3 * t.median:.1f}', f'{t.images_per_second:.1f}',
             f'{fused.median / t.median:.2f}'
         ])
+        if cuda:
+            results[name]['cuda_peak_mib'] = peaks.get(name)
+            rows[-1].append('-' if name not in peaks else
+                            f'{peaks[name]:.0f}')
     table = markdown_table(
-        ['model', 'ms / batch (median)', 'images / s', 'speed vs fused'],
-        rows)
-    header = (f'{where}; batch {batch}, {size}x{size}, fp32; median of '
-              f'{repeats} round-robin repeats of {iters} iterations')
+        ['model', 'ms / batch (median)', 'images / s', 'speed vs fused'] +
+        (['CUDA peak MiB'] if cuda else []), rows)
+    header = (f'{where}; batch {batch}, {size}x{size}, {precision}; median '
+              f'of {repeats} round-robin repeats of {iters} iterations')
     report = header + '\n\n' + table + '\n' + ''.join(
         '\n' + n + '\n' for n in notes)
     log(report)
@@ -158,7 +178,7 @@ def run_latency_benchmark(target: str,
         f.write(report)
     with open(osp.join(out_dir, 'latency.json'), 'w') as f:
         json.dump(dict(device=where, batch_size=batch, input_size=size,
-                       results=results), f, indent=2)
+                       dtype=dtype, results=results), f, indent=2)
     _bar_chart(results, header, osp.join(out_dir, 'latency.png'))
     log(f'[latency] wrote {out_dir}/latency.md, latency.json, latency.png')
     return results
@@ -170,7 +190,8 @@ def _onnx_run(fused, x, notes):
     folder = tempfile.mkdtemp(prefix='repnas_latency_')
     path = osp.join(folder, 'fused.onnx')
     try:
-        export_onnx(fused.cpu(), x[:1], path)
+        # A copy: the model itself stays where it is timed (a GPU).
+        export_onnx(copy.deepcopy(fused).cpu().float(), x[:1], path)
     except DeployError as exc:
         notes.append(f'No ONNX Runtime row: {exc}')
         return {}
