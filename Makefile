@@ -4,6 +4,7 @@
 #   make test      setup if needed, then the test suite (installs Debian's Fashion-MNIST as root)
 #   make test-fast the same without the tests marked slow (a few minutes)
 #   make demo      setup if needed, then the main job on an embedded real data set
+#   make gpu-check on a machine with an NVIDIA GPU: tests, latency, search, DCN (docs/gpu.md)
 #
 # Use another environment instead of .venv:   make test VENV=/path/to/env
 # (it is created if missing; an existing one only gets what it lacks).
@@ -17,11 +18,12 @@ SETUP_INPUTS := requirements/torch.txt requirements/runtime.txt requirements/tes
 	requirements/build.txt setup.py pyproject.toml scripts/setup_env.sh scripts/build_mmcv.py
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+GPU_CHECK_ARGS ?=
 
-.PHONY: help setup test test-fast demo clean
+.PHONY: help setup test test-fast demo gpu-check clean
 
 help:
-	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,11p' Makefile | sed 's/^# \{0,1\}//'
 
 # `make setup` always runs the (idempotent) script; `make test`/`make demo` run it only when
 # the environment is missing or one of its inputs changed.
@@ -44,6 +46,9 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	bash scripts/ensure_fashion_mnist.sh
 	"$(PY)" tools/demo.py $(DEMO_ARGS)
+
+gpu-check: $(STAMP)
+	"$(PY)" tools/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf work_dirs .pytest_cache
