@@ -106,14 +106,15 @@ def time_round_robin(runs: Dict[str, Callable[[], object]],
     return timings
 
 
-def cuda_peak_mib(run: Callable[[], object], device) -> float:
+def cuda_peak_mib(run: Callable[[], object], device,
+                  inference: bool = True) -> float:
     """MiB that one ``run()`` adds at its peak on a CUDA ``device``
     (``torch.cuda.max_memory_allocated`` above what was allocated before;
-    inference mode)."""
+    ``inference=False`` for a training step)."""
     sync(device)
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
-    with torch.inference_mode():
+    with torch.inference_mode(inference):
         run()
     sync(device)
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20

@@ -18,8 +18,8 @@ import torch.nn as nn
 from mmengine.config import DictAction
 
 import repnas_mm  # noqa: F401
-from repnas_mm.benchmark import (describe_device, markdown_table,
-                                 time_round_robin)
+from repnas_mm.benchmark import (cuda_peak_mib, describe_device,
+                                 markdown_table, time_round_robin)
 from repnas_mm.deploy import DeployError
 from repnas_mm.deploy.model import saved_structure
 from repnas_mm.deploy.model import build_model_unchecked
@@ -105,6 +105,7 @@ def main(argv=None):
           f'{args.input_size}x{args.input_size}, fp32; one training step')
     timings = time_round_robin(runs, args.batch_size, device, args.repeats,
                                iters=1, warmup=2, inference=False)
+    cuda = torch.device(device).type == 'cuda'
     plain = timings['plain']
     rows = []
     for name, t in timings.items():
@@ -112,9 +113,13 @@ def main(argv=None):
             a / b for a, b in zip(t.seconds, plain.seconds))
         rows.append([name, branches[name], f'{1e3 * t.median:.0f}',
                      f'{ratio:.2f}x'])
+        if cuda:  # one more step, its peak memory
+            rows[-1].append(
+                f'{cuda_peak_mib(runs[name], device, inference=False):.0f}')
     print(markdown_table(
         ['model', 'branches', 'ms / step (median)',
-         'vs plain (paired median)'], rows))
+         'vs plain (paired median)'] + (['CUDA peak MiB'] if cuda else []),
+        rows))
     return 0
 
 

@@ -18,8 +18,9 @@ import os.path as osp
 import torch
 
 import repnas_mm  # noqa: F401
-from repnas_mm.benchmark import (describe_device, markdown_table,
-                                 paired_speedup, time_round_robin)
+from repnas_mm.benchmark import (cuda_peak_mib, describe_device,
+                                 markdown_table, paired_speedup,
+                                 time_round_robin)
 from repnas_mm.models import ODBBNet
 from repnas_mm.rep import reparameterize_model
 
@@ -72,6 +73,8 @@ def main():
     timings = time_round_robin(runs, batch, device, args.repeats, args.iters,
                                args.warmup)
 
+    peaks = {name: cuda_peak_mib(run, device) for name, run in runs.items()
+             } if torch.device(device).type == 'cuda' else {}
     stock = timings[f'RepVGG-{args.arch} deploy (mmpretrain)']
     rows, results = [], []
     for preset in args.presets:
@@ -85,6 +88,9 @@ def main():
             fused_over_training=paired_speedup(fused, train),
             fused_over_repvgg=paired_speedup(fused, stock),
             spread=max(train.spread, fused.spread))
+        if peaks:  # CUDA peak memory of one batch
+            row['training_cuda_peak_mib'] = peaks[train.name]
+            row['fused_cuda_peak_mib'] = peaks[fused.name]
         results.append(row)
         rows.append([
             preset, f'{row["training_img_s"]:.1f}', f'{row["fused_img_s"]:.1f}',
@@ -97,6 +103,8 @@ def main():
     ]
     print()
     print(markdown_table(headers, rows))
+    for name, peak in peaks.items():
+        print(f'CUDA peak memory of one batch, {name}: {peak:.0f} MiB')
     print(f'\nstock RepVGG-{args.arch} deploy: '
           f'{stock.images_per_second:.1f} img/s (median of {args.repeats}); '
           f'worst repeat spread {max(r["spread"] for r in results):.0%}')
