@@ -16,7 +16,14 @@ headers of torch 2.14 require C++20). This script
    first on ``PYTHONPATH`` so the environment's own setuptools stays as torch
    wants it,
 4. stores the wheel atomically under ``<cache>/<variant>/`` where ``variant``
-   names the torch version and the op flavour (``cpu`` or ``cu<ver>``).
+   names the torch version and the op flavour (``cpu``, or
+   ``cu<ver>-sm<arch list>``).
+
+CUDA ops (a visible GPU, or ``FORCE_CUDA=1``) need a compiler of torch's
+CUDA version: :func:`find_cuda_home` takes the toolkit ``CUDA_HOME`` names,
+else NVIDIA's wheels (``requirements/cuda.txt``, installed if missing), else
+another installed toolkit of that version; without one, CPU ops and one
+warning line. ``--check-cuda`` reports (or installs) the compiler alone.
 
 A second call finds the cached wheel and prints its path at once. Only the
 standard library is used (and torch, to read its version). The wheel path is
@@ -25,8 +32,10 @@ the last line of stdout.
 Environment:
     REPNAS_CACHE_DIR   cache root (default ``~/.cache/repnas_mm``)
     MAX_JOBS           parallel compile jobs (default: number of CPUs)
-    FORCE_CUDA=1       build CUDA ops even if no GPU is visible (needs nvcc)
-    TORCH_CUDA_ARCH_LIST  passed through to torch's extension builder
+    FORCE_CUDA=1       build CUDA ops even if no GPU is visible
+    CUDA_HOME          a CUDA toolkit to compile with (if torch's version)
+    TORCH_CUDA_ARCH_LIST  compute capabilities to compile for (default: the
+                       visible GPUs', else :data:`DEFAULT_CUDA_ARCH_LIST`)
 """
 import argparse
 import hashlib
