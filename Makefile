@@ -3,6 +3,7 @@
 #   make setup     create .venv/ and install the pinned stack (mmcv ops built once, then cached)
 #   make test      setup if needed, then the test suite (installs Debian's Fashion-MNIST as root)
 #   make test-fast the same without the tests marked slow (a few minutes)
+#   make lint      ruff (pyflakes + pycodestyle; the library at 79 columns, the rest at 100)
 #   make demo      setup if needed, then the main job on an embedded real data set
 #   make gpu-check on a machine with an NVIDIA GPU: tests, latency, search, DCN (docs/gpu.md)
 #
@@ -20,10 +21,10 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 GPU_CHECK_ARGS ?=
 
-.PHONY: help setup test test-fast demo gpu-check clean
+.PHONY: help setup test test-fast lint demo gpu-check clean
 
 help:
-	@sed -n '2,11p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
 
 # `make setup` always runs the (idempotent) script; `make test`/`make demo` run it only when
 # the environment is missing or one of its inputs changed.
@@ -42,6 +43,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	bash scripts/ensure_fashion_mnist.sh
 	"$(PY)" -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	"$(VENV)/bin/ruff" check .
+	"$(VENV)/bin/ruff" check configs tools tests scripts --select E501 --line-length 100
 
 demo: $(STAMP)
 	bash scripts/ensure_fashion_mnist.sh

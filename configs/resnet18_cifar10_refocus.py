@@ -4,7 +4,8 @@
 # baseline). tools/deploy.py fuses the result into the stock ResNet_CIFAR (strict load).
 #   python tools/train.py configs/resnet18_cifar10_refocus.py
 #   python tools/deploy.py configs/resnet18_cifar10_refocus.py \
-#       work_dirs/resnet18_cifar10_refocus/epoch_3.pth --work-dir work_dirs/resnet18_cifar10_refocus/deploy
+#       work_dirs/resnet18_cifar10_refocus/epoch_3.pth \
+#       --work-dir work_dirs/resnet18_cifar10_refocus/deploy
 _base_ = './resnet18_cifar10_finetune.py'
 
 custom_imports = dict(imports=['repnas_mm'], allow_failed_imports=False)

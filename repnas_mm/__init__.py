@@ -3,8 +3,9 @@ re-parameterized CNNs, for OpenMMLab.
 
 ``repnas_mm.rep`` needs only torch. When the OpenMMLab stack is installed,
 importing ``repnas_mm`` also registers its modules in the mmpretrain and mmdet
-registries, so configs need only ``custom_imports=dict(imports=['repnas_mm'])``,
-and replaces mmengine's checkpoint loaders by safe ones (``repnas_mm.checkpoint``).
+registries, so configs need only
+``custom_imports=dict(imports=['repnas_mm'])``, and replaces mmengine's
+checkpoint loaders by safe ones (``repnas_mm.checkpoint``).
 """
 from importlib.util import find_spec
 

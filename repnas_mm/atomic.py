@@ -7,7 +7,8 @@ import tempfile
 
 @contextlib.contextmanager
 def atomic_path(path, suffix='.part'):
-    """Yield a temporary path next to ``path``; rename it into place on success.
+    """Yield a temporary path next to ``path``; rename it into place on
+    success.
 
     On any exception the temporary file is removed and ``path`` is left as it
     was (absent, or its previous content). Standard library only.

@@ -2,9 +2,10 @@
 
 ``python tools/collect_env.py`` (or ``python -m repnas_mm.env`` once the
 package imports) prints versions in the spirit of mmengine's
-``collect_env``; ``--check`` also exits non-zero, naming what is wrong, when a
-required package is missing or mmcv was installed without its compiled ops. This module imports nothing from
-repnas_mm, so it can diagnose an environment in which repnas_mm cannot import.
+``collect_env``; ``--check`` also exits non-zero, naming what is wrong, when
+a required package is missing or mmcv was installed without its compiled
+ops. This module imports nothing from repnas_mm, so it can diagnose an
+environment in which repnas_mm cannot import.
 """
 import argparse
 import importlib
@@ -91,7 +92,8 @@ def collect_env():
             problems.append('mmcv has no compiled ops (mmcv._ext); '
                             'run `make setup` to build them')
     if not problems:
-        # Importing repnas_mm registers its modules in the OpenMMLab registries.
+        # Importing repnas_mm registers its modules in the OpenMMLab
+        # registries.
         try:
             importlib.import_module('repnas_mm')
         except Exception as exc:  # noqa: BLE001

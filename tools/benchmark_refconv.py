@@ -215,7 +215,8 @@ def cost(args):
     for method in METHODS:
         m = memory[method]
         row = [method, f'{steps[method].trainable / 1e6:.3f}',
-               f'{steps[method].frozen / 1e6:.3f}', f'{timings[method].median:.4f}', f'{m["saved_mib"]:.1f}',
+               f'{steps[method].frozen / 1e6:.3f}', f'{timings[method].median:.4f}',
+               f'{m["saved_mib"]:.1f}',
                f'{m["rss_step_mib"]:.0f}']
         if device.type == 'cuda':
             row.append(f'{m["cuda_peak_mib"]:.0f}')

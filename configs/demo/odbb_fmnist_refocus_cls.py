@@ -4,7 +4,8 @@
 # (which says how to make the fused checkpoint).
 #   python tools/train.py configs/demo/odbb_fmnist_refocus_cls.py
 #   python tools/deploy.py configs/demo/odbb_fmnist_refocus_cls.py \
-#       work_dirs/odbb_fmnist_refocus_cls/epoch_3.pth --work-dir work_dirs/odbb_fmnist_refocus_cls/deploy
+#       work_dirs/odbb_fmnist_refocus_cls/epoch_3.pth \
+#       --work-dir work_dirs/odbb_fmnist_refocus_cls/deploy
 _base_ = './odbb_fmnist_finetune_cls.py'
 
 model = dict(

@@ -1,7 +1,8 @@
 """Fused ODBBNet checkpoints in stock mmpretrain RepVGG's format.
 
 A fused ODBBNet of a RepVGG arch is, tensor for tensor, RepVGG deploy: only
-the names differ (``<layer>.conv.fused_conv.*`` vs ``<layer>.branch_reparam.*``).
+the names differ (``<layer>.conv.fused_conv.*`` vs
+``<layer>.branch_reparam.*``).
 """
 import copy
 
@@ -26,6 +27,11 @@ def to_repvgg_state_dict(state_dict: dict, prefix: str = 'backbone.'):
     return out
 
 
+def _arch_name(arch) -> str:
+    return arch.get('name', '(custom)') if isinstance(arch, dict) \
+        else repr(arch)
+
+
 def to_repvgg_config(cfg):
     """A copy of ``cfg`` whose backbone is stock mmpretrain RepVGG deploy."""
     backbone = cfg.model.get('backbone', {})
@@ -34,9 +40,7 @@ def to_repvgg_config(cfg):
         raise DeployError(
             '--format mmpretrain-repvgg needs an ODBBNet backbone with a '
             f'RepVGG arch ({", ".join(REPVGG_ARCHS)}); this one is '
-            f'{backbone.get("type")} '
-            f'{arch.get("name", "(custom)") if isinstance(arch, dict) else arch!r}'
-        )
+            f'{backbone.get("type")} {_arch_name(arch)}')
     out = copy.deepcopy(cfg)
     scope = cfg.get('default_scope', 'mmpretrain')
     out.model.backbone = dict(

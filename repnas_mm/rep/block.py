@@ -33,7 +33,8 @@ class ODBB(nn.Module):
 
     Replaces ``Conv2d(in, out, K, stride, K // 2, groups=groups, bias=False)
     + BN``; no activation. In training it is the sum of its active branches,
-    each followed by its own BN; :meth:`kernel_bias` gives the one equivalent KxK
+    each followed by its own BN; :meth:`kernel_bias` gives the one
+    equivalent KxK
     conv, and :meth:`switch_to_deploy` turns the block into it.
 
     Online (``online=True``, OREPA): the branches have per-channel scales

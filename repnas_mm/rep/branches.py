@@ -192,7 +192,8 @@ class Branch(nn.Module):
 
 
 class ConvBranch(Branch):
-    """``kh x kw`` conv + BN: the ``1x1``, ``kxk``, ``1xk`` and ``kx1`` branches.
+    """``kh x kw`` conv + BN: the ``1x1``, ``kxk``, ``1xk`` and ``kx1``
+    branches.
 
     ``norm=False``: the conv alone (the quantization-friendly block's
     ``1x1``, ``1xk`` and ``kx1``); a gate then multiplies the kernel.

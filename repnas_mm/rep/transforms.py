@@ -48,7 +48,8 @@ def add_branches(kernel_biases: Iterable[KernelBias]) -> KernelBias:
 
 def merge_1x1_kxk(k1: Tensor, b1: Tensor, k2: Tensor, b2: Tensor,
                   groups: int = 1) -> KernelBias:
-    """A 1x1 conv followed by a KxK conv -> one KxK conv (RepNAS Eq. 3, DBB III).
+    """A 1x1 conv followed by a KxK conv -> one KxK conv (RepNAS Eq. 3,
+    DBB III).
 
     ``k1``: ``(mid, in // groups, 1, 1)``; ``k2``: ``(out, mid // groups, K,
     K)``; both convs have the same ``groups``. The 1x1 bias ``b1`` passes

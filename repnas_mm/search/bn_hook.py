@@ -1,4 +1,5 @@
-"""BNRecalibrationHook: test with BN statistics re-estimated on training images."""
+"""BNRecalibrationHook: test with BN statistics re-estimated on training
+images."""
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS

@@ -1,4 +1,5 @@
-"""The searched-architecture figure: blocks x branch types (RepNAS Figs. 6-11)."""
+"""The searched-architecture figure: blocks x branch types (RepNAS
+Figs. 6-11)."""
 from repnas_mm.atomic import save_figure
 from repnas_mm.rep import BRANCH_NAMES
 from repnas_mm.rep.arch import Architecture

@@ -73,7 +73,8 @@ class JointOptimizer(Optimizer):
             opt.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self):
-        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+        return {name: opt.state_dict()
+                for name, opt in self.optimizers.items()}
 
     def load_state_dict(self, state_dict):
         for name, opt in self.optimizers.items():
@@ -184,7 +185,8 @@ class RepNASOptimWrapperConstructor:
         optim_wrapper = dict(
             type='OptimWrapper',          # or AmpOptimWrapper (--amp)
             constructor='RepNASOptimWrapperConstructor',
-            optimizer=dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4),
+            optimizer=dict(type='SGD', lr=0.1, momentum=0.9,
+                           weight_decay=1e-4),
             alpha_optimizer=dict(type='Adam', lr=1e-4, betas=(0.5, 0.999)),
             clip_grad=None)
     """

@@ -109,7 +109,7 @@ class RepNASHook(Hook):
         # at_fix='retrain': the weights the run started from, until fixed.
         self._start: Optional[dict] = None
 
-    # -- set-up ----------------------------------------------------------------
+    # -- set-up ---------------------------------------------------------------
     def before_run(self, runner):
         model = unwrap_model(runner.model)
         self.space = SearchSpace.for_model(model)
@@ -149,7 +149,7 @@ class RepNASHook(Hook):
                     f'{scheduler.end}); give the searched network its own '
                     f'schedulers from begin={self.fix_epoch}')
 
-    # -- training ----------------------------------------------------------------
+    # -- training -------------------------------------------------------------
     def before_train_epoch(self, runner):
         epoch = runner.epoch
         if self.fix_epoch is not None and epoch >= self.fix_epoch:
@@ -234,7 +234,7 @@ class RepNASHook(Hook):
                 f'branches) written to {path}; figure: {figure}',
                 logger='current')
 
-    # -- evaluation uses the current best architecture ---------------------------
+    # -- evaluation uses the current best architecture ------------------------
     def before_val_epoch(self, runner):
         if self.space is None:
             return
@@ -260,7 +260,7 @@ class RepNASHook(Hook):
         if self.space is not None:
             self.space.apply_best()
 
-    # -- checkpoints -----------------------------------------------------------
+    # -- checkpoints ----------------------------------------------------------
     def before_save_checkpoint(self, runner, checkpoint):
         arch = self.space.architecture(self.arch_name)
         checkpoint['repnas'] = dict(
@@ -318,7 +318,7 @@ class RepNASHook(Hook):
             print_log('RepNAS: alpha warm-started from the loaded checkpoint',
                       logger='current')
 
-    # -- logging helpers -----------------------------------------------------------
+    # -- logging helpers ------------------------------------------------------
     def _kept_summary(self, mask) -> str:
         counts = Counter()
         for block, sl in zip(self.space.blocks, self.space.slices):

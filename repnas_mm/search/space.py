@@ -1,4 +1,5 @@
-"""SearchSpace: the RepNAS policy over every ODBB of a model (Sec. 3.4, Alg. 1).
+"""SearchSpace: the RepNAS policy over every ODBB of a model (Sec. 3.4,
+Alg. 1).
 
 The model's blocks know nothing of this: the space owns one architecture
 parameter ``alpha`` per legal branch, and every iteration hands each block its
@@ -121,9 +122,10 @@ class SearchSpace(nn.Module):
     def blocks(self) -> List[ODBB]:
         return self._blocks
 
-    # -- one iteration ---------------------------------------------------------
+    # -- one iteration --------------------------------------------------------
     def scores(self, noise: bool = True) -> Tensor:
-        """``sigmoid((alpha + zeta) / temperature)`` (zeta = 0 without noise)."""
+        """``sigmoid((alpha + zeta) / temperature)`` (zeta = 0 without
+        noise)."""
         logits = self.alpha
         if noise:
             u = torch.rand(
@@ -199,7 +201,7 @@ class SearchSpace(nn.Module):
         self.alpha.requires_grad_(False)
         return self.mask
 
-    # -- architecture files ------------------------------------------------------
+    # -- architecture files ---------------------------------------------------
     def architecture(self, arch_name: Optional[str] = None) -> Architecture:
         """The architecture the space would keep now (or the fixed one)."""
         mask = self.mask if self.fixed else self.top_k(self.alpha)
@@ -243,7 +245,7 @@ class SearchSpace(nn.Module):
         self.fixed = True
         self.alpha.requires_grad_(False)
 
-    # -- state -------------------------------------------------------------------
+    # -- state ----------------------------------------------------------------
     def get_extra_state(self):
         return {
             'generator': self.generator.get_state(),
