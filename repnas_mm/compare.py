@@ -1,4 +1,6 @@
-"""Compare architectures under one training recipe (``tools/compare_architectures.py``).
+"""Compare architectures under one training recipe.
+
+``tools/compare_architectures.py`` is its command line.
 
 For one RepNAS search config, every method trains with the config's
 schedule, data and seed, through ``tools/train.py`` (a subprocess, its log
@@ -53,7 +55,7 @@ class CompareError(UserError):
     """A problem with a comparison's inputs or one of its runs."""
 
 
-# -- the configs of the methods ------------------------------------------------
+# -- the configs of the methods -----------------------------------------------
 def _search_hook(cfg) -> dict:
     hooks = [h for h in cfg.get('custom_hooks', [])
              if h.get('type') == 'RepNASHook']
@@ -226,14 +228,36 @@ def run_one(cfg, method: str, seed: int, run_dir: str,
         step_time=statistics.median(r['time'] for r in train),
         train_seconds=round(train_seconds, 1) if not resume else None,
         fused_error=deployed['fused_error'],
-        checkpoint=checkpoint,
-        fused_checkpoint=deployed['checkpoint'])
+        checkpoint=_relative(checkpoint),
+        fused_checkpoint=_relative(deployed['checkpoint']))
     with atomic_path(result_path) as tmp:
         with open(tmp, 'w') as f:
             json.dump(result, f, indent=2)
     log(f'[compare] {label} seed {seed}: fused top-1 {result["top1"]:.2f}, '
         f'{result["branches"]} branches, step {result["step_time"]:.4f} s')
     return result
+
+
+def _relative(path: str) -> str:
+    """``path`` relative to the working directory when it lies in it."""
+    rel = osp.relpath(osp.abspath(path))
+    return path if rel.startswith('..') else rel
+
+
+def method_changes(cfg, label: str, method: str,
+                   options: Optional[dict] = None) -> dict:
+    """What a method changes in the study's config, as recorded in
+    ``results.json`` (``method_config`` rebuilds each run's config from it
+    and the seed, so no per-run config copy needs keeping)."""
+    if method == 'repnas':
+        return dict(search=True, options=dict(options or {}))
+    retrain = _search_hook(cfg).get('at_fix', 'continue') == 'retrain'
+    branches = dict(
+        searched='runs/repnas/seed_<seed>/searched_arch.json',
+        random='runs/random/seed_<seed>/random_arch.json (a seeded draw '
+        'under the search budget)').get(method, method)
+    return dict(search=False, second_stage_only=retrain,
+                branches=branches)
 
 
 def _test_metrics(test_dir: str) -> dict:
@@ -245,7 +269,7 @@ def _test_metrics(test_dir: str) -> dict:
         return json.load(f)
 
 
-# -- the comparison ------------------------------------------------------------
+# -- the comparison -----------------------------------------------------------
 def read_variants(path: str) -> Dict[str, dict]:
     """``variants`` of a Python file: name -> config options."""
     import runpy
@@ -266,13 +290,15 @@ def compare(config: str,
             cfg_options: Optional[dict] = None,
             max_runs: Optional[int] = None,
             log: Callable[[str], None] = print,
-            variants: Optional[Dict[str, dict]] = None) -> dict:
+            variants: Optional[Dict[str, dict]] = None,
+            command: Optional[str] = None) -> dict:
     """Run (or continue) the comparison; return the summary table.
 
     ``max_runs``: train at most this many runs now (finished ones are not
     counted); the table then covers what is finished. ``variants``: name ->
     config options (``{'custom_hooks.0.noise': False}``); each is a method
-    ``repnas-<name>``, the search with those options.
+    ``repnas-<name>``, the search with those options. ``command``: the
+    command line that ran the comparison, recorded in ``results.json``.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -284,6 +310,7 @@ def compare(config: str,
     _search_hook(cfg)
     cfg.pop('work_dir', None)
     configs = {m: (cfg, m) for m in methods}
+    changes = {m: method_changes(cfg, m, m) for m in methods}
     for name, options in (variants or {}).items():
         if not re.fullmatch(r'[A-Za-z0-9_.-]+', name):
             raise CompareError(f'variant name {name!r}: use letters, '
@@ -292,7 +319,11 @@ def compare(config: str,
         changed.merge_from_dict(dict(options))
         _search_hook(changed)
         configs[f'repnas-{name}'] = (changed, 'repnas')
+        changes[f'repnas-{name}'] = method_changes(cfg, name, 'repnas',
+                                                   options)
     labels = list(configs)
+    study = dict(config=_relative(config), command=command,
+                 cfg_options=dict(cfg_options or {}), changes=changes)
     todo = [(m, s) for m in labels for s in seeds]
     done, new = [], 0
     for i, (label, seed) in enumerate(todo):
@@ -307,8 +338,8 @@ def compare(config: str,
         run_cfg, method = configs[label]
         done.append(run_one(run_cfg, method, seed, run_dir, log, label))
         if not finished:  # the table covers every finished run at once
-            write_tables(done, work_dir, config, labels, seeds)
-    summary = write_tables(done, work_dir, config, labels, seeds)
+            write_tables(done, work_dir, study, labels, seeds)
+    summary = write_tables(done, work_dir, study, labels, seeds)
     log(f'[compare] {len(done)} of {len(todo)} runs finished'
         + ('' if len(done) == len(todo) else '; run again to continue')
         + f'; table: {osp.join(work_dir, "results.md")}')
@@ -332,19 +363,31 @@ def summarize(runs: Sequence[dict], methods: Sequence[str]) -> Dict:
     return rows
 
 
-def write_tables(runs, work_dir, config, methods, seeds) -> dict:
-    """results.json, results.md and results.png from the runs' results."""
+def write_tables(runs, work_dir, study, methods, seeds) -> dict:
+    """results.json, results.md and results.png from the runs' results.
+
+    ``study``: the config's path (or a dict with ``config`` and, as
+    :func:`compare` records them, ``command``, ``cfg_options`` and each
+    method's ``changes``).
+    """
+    study = study if isinstance(study, dict) else dict(config=study)
+    config = study['config']
     rows = summarize(runs, methods)
+    for method, row in rows.items():
+        if method in study.get('changes', {}):
+            row['changes'] = study['changes'][method]
     base = rows.get('plain', {}).get('step_time')
-    summary = dict(config=osp.abspath(config), seeds=list(seeds),
-                   methods=rows, runs=list(runs))
+    summary = dict(study, seeds=list(seeds), methods=rows, runs=list(runs))
     with atomic_path(osp.join(work_dir, 'results.json')) as tmp:
         with open(tmp, 'w') as f:
             json.dump(summary, f, indent=2)
     lines = [
         f'Comparison on `{config}`, seeds {", ".join(map(str, seeds))}: '
         'top-1 of the fused network on the test set (mean ± sample std over '
-        'seeds), branches kept, median training step time.', '',
+        'seeds), branches kept, median training step time.', '']
+    if study.get('command'):
+        lines += [f'Command: `{study["command"]}`', '']
+    lines += [
         '| method | top-1 (%) | runs | branches | step (s) | step vs plain |',
         '|---|---|---|---|---|---|'
     ]
@@ -381,6 +424,7 @@ def _figure(rows: dict, path: str):
     plt.close(fig)
 
 
-__all__ = ['CompareError', 'METHODS', 'compare', 'method_config',
+__all__ = ['CompareError', 'METHODS', 'compare', 'method_changes',
+           'method_config',
            'read_variants', 'run_one', 'second_stage', 'summarize',
            'write_tables']

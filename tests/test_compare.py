@@ -9,6 +9,8 @@ import repnas_mm  # noqa: F401
 from repnas_mm.compare import (CompareError, method_config, read_variants,
                                summarize)
 
+from repnas_mm.evidence import machine_paths, this_machine
+
 from .conftest import REPO, cls_data_options, run_tool
 
 SEARCH_CFG = REPO / 'tests' / 'configs' / 'odbb_cls_cifar10_tiny.py'
@@ -141,3 +143,22 @@ def test_tiny_comparison_resumes_and_its_table_matches_its_logs(
                 f'{statistics.stdev(top1):.2f} | 2 | 22 |') in table
     png = (work / 'results.png').read_bytes()
     assert png[:8] == b'\x89PNG\r\n\x1a\n'
+    # results.json says how to re-run it: the command and what each method
+    # changes (no per-run config copy is needed to rebuild the runs).
+    assert results['command'].startswith(
+        'python tools/compare_architectures.py ')
+    assert results['methods']['repnas-no_noise']['changes'] == dict(
+        search=True, options={'custom_hooks.0.noise': False})
+    assert results['methods']['random']['changes']['search'] is False
+    # Published as evidence: portable, without configs or checkpoints.
+    out = tmp_path / 'published'
+    published = run_tool('tools/publish_results.py', work, out, '--alias',
+                         f'{work}=work_dirs/cmp')
+    assert published.returncode == 0, published.stderr
+    assert not list(out.rglob('config.py')) and not list(out.rglob('*.pth'))
+    assert sorted(p.name for p in (out / 'runs' / 'random' / 'seed_0')
+                  .iterdir()) == ['random_arch.json', 'result.json',
+                                  'train.log']
+    for path in out.rglob('*'):
+        if path.is_file() and path.suffix != '.png':
+            assert not machine_paths(path.read_text(), this_machine()), path

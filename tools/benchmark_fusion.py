@@ -4,8 +4,8 @@
 For each preset: images/s of the training-time (multi-branch, eval mode)
 form and of the fused form; plus stock ``mmpretrain.models.RepVGG(deploy=True)``
 of the same arch. All models run side by side (round-robin) in one process;
-medians over repeats; ratios are medians of per-repeat paired ratios. Uses CUDA when present (papers' setting: batch 128,
-fp32, 224x224), else the CPU.
+medians over repeats; ratios are medians of per-repeat paired ratios. Uses
+CUDA when present (papers' setting: batch 128, fp32, 224x224), else the CPU.
 
     python tools/benchmark_fusion.py                       # A0, presets plain/repvgg/dbb/full
     python tools/benchmark_fusion.py --arch B1 --batch-size 64 --out work_dirs/bench.json
@@ -21,6 +21,7 @@ import repnas_mm  # noqa: F401
 from repnas_mm.benchmark import (cuda_peak_mib, describe_device,
                                  markdown_table, paired_speedup,
                                  time_round_robin)
+from repnas_mm.evidence import command_line
 from repnas_mm.models import ODBBNet
 from repnas_mm.rep import reparameterize_model
 
@@ -113,6 +114,7 @@ def main():
         with open(args.out, 'w') as f:
             json.dump(
                 dict(
+                    command=command_line(),
                     device=where,
                     arch=args.arch,
                     batch_size=batch,

@@ -22,6 +22,7 @@ in ONNX Runtime on this machine's CPU, round-robin, medians; OUT/latency_int8.{m
 import argparse
 import json
 import os.path as osp
+import sys
 import tempfile
 
 import numpy as np
@@ -30,6 +31,7 @@ from mmengine.config import DictAction
 import repnas_mm  # noqa: F401
 from repnas_mm.atomic import atomic_path
 from repnas_mm.benchmark import markdown_table, mean_std, write_report
+from repnas_mm.evidence import command_line
 from repnas_mm.runner import run_tool
 
 FORMS = {'standard': {}, 'quant_friendly': {'model.backbone.quant_friendly': True}}
@@ -44,7 +46,7 @@ def accuracy(args):
     from repnas_mm.deploy import deploy
     variants = {k: v for k, v in FORMS.items() if v}
     compare(args.config, args.work_dir, ['repnas'], args.seeds, args.cfg_options,
-            variants=variants)
+            variants=variants, command=args.command)
     rows = {}
     for form in FORMS:
         for seed in args.seeds:
@@ -85,7 +87,8 @@ def accuracy(args):
               f'{cal["images"]} training images); both evaluated on the validation set.\n\n'
               + table + '\n')
     write_report(args.work_dir, 'int8', report,
-                 dict(config=args.config, seeds=args.seeds, forms=summary, runs=rows), 'int8')
+                 dict(config=args.config, command=args.command, seeds=args.seeds,
+                      forms=summary, runs=rows), 'int8')
 
 
 def latency(args):
@@ -165,6 +168,8 @@ def main(argv=None):
     lat.add_argument('--iters', type=int, default=3)
     lat.add_argument('--out-dir', default='work_dirs/int8')
     args = parser.parse_args(argv)
+    args.command = command_line(['tools/benchmark_int8.py'] + list(
+        sys.argv[1:] if argv is None else argv))
     (accuracy if args.mode == 'accuracy' else latency)(args)
     return 0
 

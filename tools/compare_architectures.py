@@ -22,11 +22,13 @@ value, ...}}, and each variant trains as method repnas-<name>
 (docs/ablation.md; e.g. configs/demo/ablation_variants.py).
 """
 import argparse
+import sys
 
 from mmengine.config import DictAction
 
 import repnas_mm  # noqa: F401
 from repnas_mm.compare import METHODS, compare, read_variants
+from repnas_mm.evidence import command_line
 from repnas_mm.runner import run_tool
 
 
@@ -50,7 +52,10 @@ def main(argv=None):
     args = parse_args(argv)
     variants = read_variants(args.variants) if args.variants else None
     compare(args.config, args.work_dir, args.methods, args.seeds,
-            args.cfg_options, args.max_runs, variants=variants)
+            args.cfg_options, args.max_runs, variants=variants,
+            command=command_line(['tools/compare_architectures.py']
+                                 + list(argv if argv is not None
+                                        else sys.argv[1:])))
     return 0
 
 

@@ -18,6 +18,7 @@ import torch
 from repnas_mm.benchmark import (cuda_peak_mib, describe_device,
                                  markdown_table, time_round_robin)
 from repnas_mm.rep import reparameterize_model
+from repnas_mm.evidence import command_line
 
 from .model import DeployError, build_model, load_for_deploy
 from .onnx import export_onnx
@@ -178,7 +179,8 @@ def run_latency_benchmark(target: str,
         f.write(report)
     with open(osp.join(out_dir, 'latency.json'), 'w') as f:
         json.dump(dict(device=where, batch_size=batch, input_size=size,
-                       dtype=dtype, results=results), f, indent=2)
+                       dtype=dtype, results=results,
+                       command=command_line()), f, indent=2)
     _bar_chart(results, header, osp.join(out_dir, 'latency.png'))
     log(f'[latency] wrote {out_dir}/latency.md, latency.json, latency.png')
     return results
