@@ -397,6 +397,13 @@ def test_export_gaps_catch_wrong_labels_boxes_and_classes():
     clipped[2] = [60, 0, 200, 30]
     assert _detection_gap((outside, scores, labels),
                           (clipped, scores, labels), shape) == 0.0
+    # The SDK clips to the last pixel (199), the graph to the size (200),
+    # mmdet not at all (199.6): one box (a held-out demo image has one).
+    sdk, edge = boxes.copy(), boxes.copy()
+    sdk[2], edge[2] = [60, 0, 199, 30], [60, 0, 199.6, 30]
+    for got in (clipped, edge):
+        assert _detection_gap((sdk, scores, labels), (got, scores, labels),
+                              shape) == 0.0
     # One centred outside the image is not compared (the SDK drops it).
     away = boxes.copy()
     away[0] = [210, 10, 250, 50]

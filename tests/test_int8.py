@@ -20,7 +20,8 @@ CLS_CONFIG = REPO / 'configs' / 'demo' / 'odbb_fmnist_cls.py'
 @pytest.fixture(scope='module')
 def searched_qf(tmp_path_factory):
     """A quantization-friendly ODBBNet searched by RepNAS (one epoch) and
-    retrained (two epochs) on 1,000 Fashion-MNIST images; 200 validate."""
+    retrained (two epochs) on 1,000 Fashion-MNIST images; 200 validate,
+    200 others test."""
     assert (FMNIST / 'train-images-idx3-ubyte.gz').is_file(), (
         'Debian package dataset-fashion-mnist is not installed (`make test` '
         'installs it as root; or: apt-get install dataset-fashion-mnist)')
@@ -29,7 +30,7 @@ def searched_qf(tmp_path_factory):
     root = tmp_path_factory.mktemp('int8')
     data = root / 'fmnist'
     prepare_demo_data.write_classification(str(FMNIST), str(data), 100, 20,
-                                           seed=0)
+                                           seed=0, test_per_class=20)
     # What a user writes: the demo search with quantization-friendly
     # blocks, shortened to one epoch of search and two of retraining.
     config = root / 'odbb_fmnist_qf_cls.py'
@@ -38,7 +39,7 @@ data_root = '{data}'
 model = dict(backbone=dict(quant_friendly=True))
 train_dataloader = dict(dataset=dict(data_root=data_root))
 val_dataloader = dict(dataset=dict(data_root=data_root))
-test_dataloader = val_dataloader
+test_dataloader = dict(dataset=dict(data_root=data_root))
 train_cfg = dict(max_epochs=3)
 param_scheduler = dict(begin=1, T_max=2, end=3)
 custom_hooks = [dict(_base_.repnas_hook, budget=0.5, warmup_epochs=0,
@@ -74,7 +75,7 @@ def test_int8_export_runs_in_onnx_runtime_and_keeps_top1(searched_qf,
     result = deploy(str(searched_qf['config']), searched_qf['checkpoint'],
                     str(out), num_images=2, int8=True, calib_images=32)
     int8 = result['int8']
-    assert int8['metric'] == 'accuracy/top1' and int8['val_images'] == 200
+    assert int8['metric'] == 'accuracy/top1' and int8['test_images'] == 200
     assert int8['calibration'] == dict(method='minmax', images=32)
     # A real classifier (chance is 10%), and INT8 within a bound of it.
     assert int8['fp32'] >= 30, int8
@@ -111,7 +112,7 @@ def test_int8_export_runs_in_onnx_runtime_and_keeps_top1(searched_qf,
     assert all(len(scales[n.input[1]].dims) == 1
                and scales[n.input[1]].dims[0] > 1 for n in per_channel)
     assert [(o.domain, o.version) for o in model.opset_import] == [('', 17)]
-    # The reported top-1, recomputed here: ONNX Runtime on every validation
+    # The reported top-1, recomputed here: ONNX Runtime on every test
     # image, preprocessed by the model's own data preprocessor.
     from mmengine.config import Config
     from mmengine.runner import Runner
@@ -125,7 +126,7 @@ def test_int8_export_runs_in_onnx_runtime_and_keeps_top1(searched_qf,
                                    providers=['CPUExecutionProvider'])
     name = session.get_inputs()[0].name
     correct = total = 0
-    for batch in Runner.build_dataloader(cfg.val_dataloader):
+    for batch in Runner.build_dataloader(cfg.test_dataloader):
         with torch.no_grad():
             x = preprocessor(batch, False)['inputs'].numpy()
         scores = session.run(None, {name: x})[0]
@@ -184,3 +185,25 @@ def test_int8_options_are_checked_before_any_work(searched_qf, tmp_path):
     assert proc.returncode != 0 and err[-1].startswith('error: ')
     assert 'calib_images must be at least 1' in err[-1]
     assert not (tmp_path / 'o').exists()
+
+
+@pytest.mark.slow
+def test_deploy_tool_stops_when_the_real_int8_check_fails(searched_qf,
+                                                          tmp_path):
+    """tools/deploy.py end to end, nothing stubbed: the real export,
+    quantization and both evaluations run, and the drop check fails (a
+    tolerance of -100 asks INT8 to beat fp32 by 100 points, which no model
+    can): exit 1, one line, the folder as it was."""
+    out = tmp_path / 'deploy'
+    out.mkdir()
+    (out / 'earlier.txt').write_text('an earlier deployment')
+    proc = run_tool('tools/deploy.py', searched_qf['config'],
+                    searched_qf['checkpoint'], '--work-dir', out, '--int8',
+                    '--calib-images', '8', '--num-images', '1',
+                    '--int8-tolerance', '-100', check=False)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert err[-1].startswith('error: INT8 top-1 '), err[-5:]
+    assert sum(line.startswith(('error', 'Traceback')) for line in err) == 1
+    assert '(--int8-tolerance -100); nothing was written' in err[-1]
+    assert [p.name for p in out.iterdir()] == ['earlier.txt']

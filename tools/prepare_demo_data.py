@@ -8,18 +8,26 @@ Reads the IDX files of the ``dataset-fashion-mnist`` package and writes
 
        OUT/train/<class>/<index>.png    (from the 60k training images)
        OUT/val/<class>/<index>.png      (from the 10k test images)
+       OUT/test/<class>/<index>.png     (10k test images not in val: the
+                                         held-out split final numbers use)
 
 2. a detection set in COCO format for mmdet's ``CocoDataset``: several real
    items pasted on larger black canvases (scaled 1-1.6x, never overlapping),
    each box the tight box of the pasted item, 10 categories::
 
-       DET_OUT/{train,val}/<id>.png, DET_OUT/instances_{train,val}.json
+       DET_OUT/{train,val,test}/<id>.png, DET_OUT/instances_*.json
+       (test pastes only items that no val image shows)
+
+3. with ``--cifar10-out DIR``, instead: the CIFAR-10 subset that ships in
+   ``datasets/cifar10_subset.tar.gz``, as DIR/{train,val,test}/<class>/
+   (2,700 / 600 / 300 real images; datasets/README.md)
 
 Each folder is written next to its final place and renamed into place when
 complete, so an interrupted run leaves nothing half-written; a finished one
 with the same settings is reused as is.
 
     python tools/prepare_demo_data.py --out data/demo/fmnist --det-out data/demo/fmnist_det
+    python tools/prepare_demo_data.py --cifar10-out data/cifar10_subset
 """
 import argparse
 import gzip
@@ -33,6 +41,8 @@ import sys
 import numpy as np
 
 DEFAULT_SOURCE = '/usr/share/datasets/fashion-mnist'
+CIFAR10_ARCHIVE = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))),
+                           'datasets', 'cifar10_subset.tar.gz')
 CLASSES = ('T-shirt_top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal',
            'Shirt', 'Sneaker', 'Bag', 'Ankle_boot')
 FILES = {
@@ -64,25 +74,34 @@ def load_split(source, split):
     return read_idx(images), read_idx(labels)
 
 
-def balanced_indices(labels, per_class, rng):
-    """``per_class`` random indices of every class, sorted."""
+def balanced_indices(labels, per_class, rng, exclude=()):
+    """``per_class`` random indices of every class, sorted, none of them in
+    ``exclude``."""
     picked = []
     for c in range(len(CLASSES)):
-        idx = np.flatnonzero(labels == c)
+        idx = np.setdiff1d(np.flatnonzero(labels == c), exclude)
         if per_class > len(idx):
             raise ValueError(f'only {len(idx)} images of class {c}')
         picked.append(rng.choice(idx, per_class, replace=False))
     return np.sort(np.concatenate(picked))
 
 
-def write_classification(source, out, train_per_class, val_per_class, seed):
-    """Write the class-per-folder subset; return the number of images."""
+def write_classification(source, out, train_per_class, val_per_class, seed,
+                         test_per_class=0):
+    """Write the class-per-folder subset; return the number of images.
+
+    ``test`` (``test_per_class`` > 0) comes from the 10k test images too,
+    none of them a ``val`` image: the held-out split that final numbers
+    are reported on (choices are made on ``val``). ``train`` and ``val``
+    are drawn first, so they do not depend on ``test_per_class``.
+    """
     import cv2
     from tqdm import tqdm
     settings = dict(
         source=osp.abspath(source),
         train_per_class=train_per_class,
         val_per_class=val_per_class,
+        test_per_class=test_per_class,
         seed=seed)
     if _up_to_date(out, settings):
         return None
@@ -90,10 +109,15 @@ def write_classification(source, out, train_per_class, val_per_class, seed):
     tmp = out.rstrip('/') + '.part'
     shutil.rmtree(tmp, ignore_errors=True)
     counts = {}
-    for split, per_class in (('train', train_per_class), ('val',
-                                                          val_per_class)):
-        images, labels = load_split(source, split)
-        chosen = balanced_indices(labels, per_class, rng)
+    splits = [('train', train_per_class), ('val', val_per_class)]
+    splits += [('test', test_per_class)] if test_per_class else []
+    val_chosen = ()
+    for split, per_class in splits:
+        images, labels = load_split(source, 'train' if split == 'train'
+                                    else 'val')
+        chosen = balanced_indices(labels, per_class, rng, exclude=val_chosen)
+        if split == 'val':
+            val_chosen = chosen
         for name in CLASSES:
             os.makedirs(osp.join(tmp, split, name))
         for i in tqdm(chosen, desc=f'[data] {split}', unit='img'):
@@ -132,13 +156,18 @@ def _place(rng, canvas, size, boxes, tries=100):
 
 
 def write_detection(source, out, train_images, val_images, seed,
-                    canvas=128, objects=(2, 4)):
-    """Write the COCO-format detection set; return the number of boxes."""
+                    canvas=128, objects=(2, 4), test_images=0):
+    """Write the COCO-format detection set; return the number of boxes.
+
+    ``test`` (``test_images`` > 0) pastes only items of the 10k test images
+    that no ``val`` image shows: the held-out split. It is drawn last, so
+    ``train`` and ``val`` do not depend on it.
+    """
     import cv2
     from tqdm import tqdm
     settings = dict(source=osp.abspath(source), train_images=train_images,
-                    val_images=val_images, seed=seed, canvas=canvas,
-                    objects=list(objects))
+                    val_images=val_images, test_images=test_images,
+                    seed=seed, canvas=canvas, objects=list(objects))
     if _up_to_date(out, settings):
         return None
     rng = np.random.default_rng(seed)
@@ -146,8 +175,14 @@ def write_detection(source, out, train_images, val_images, seed,
     shutil.rmtree(tmp, ignore_errors=True)
     categories = [dict(id=i + 1, name=n) for i, n in enumerate(CLASSES)]
     counts = {}
-    for split, num in (('train', train_images), ('val', val_images)):
-        items, labels = load_split(source, split)
+    splits = [('train', train_images), ('val', val_images)]
+    splits += [('test', test_images)] if test_images else []
+    shown_in_val = set()
+    for split, num in splits:
+        items, labels = load_split(source, 'train' if split == 'train'
+                                   else 'val')
+        pool = np.setdiff1d(np.arange(len(items)), sorted(shown_in_val)) \
+            if split == 'test' else None
         os.makedirs(osp.join(tmp, split))
         images, annotations = [], []
         for image_id in tqdm(range(num), desc=f'[data] det {split}',
@@ -155,7 +190,10 @@ def write_detection(source, out, train_images, val_images, seed,
             img = np.zeros((canvas, canvas), np.uint8)
             placed = []
             for _ in range(rng.integers(objects[0], objects[1] + 1)):
-                k = int(rng.integers(len(items)))
+                k = int(rng.integers(len(items))) if pool is None \
+                    else int(pool[rng.integers(len(pool))])
+                if split == 'val':
+                    shown_in_val.add(k)
                 size = int(round(28 * rng.uniform(1.0, 1.6)))
                 corner = _place(rng, canvas, size, [p[0] for p in placed])
                 if corner is None:
@@ -191,15 +229,70 @@ def write_detection(source, out, train_images, val_images, seed,
     return counts
 
 
+def write_cifar10_subset(archive, out, test_per_class=30):
+    """Unpack the repository's CIFAR-10 subset (``datasets/``) as class
+    folders with a held-out test split; return the number of images.
+
+    ``train``: the archive's training images but the last ``test_per_class``
+    of each class by name (270 a class); ``test``: those (30 a class, never
+    trained or evaluated on before this split existed); ``val``: the
+    archive's 600 images from the CIFAR-10 test set, unchanged (the studies'
+    choices were made on them).
+    """
+    import tarfile
+    settings = dict(archive=osp.basename(archive),
+                    test_per_class=test_per_class)
+    if _up_to_date(out, settings):
+        return None
+    if not osp.isfile(archive):
+        raise FileNotFoundError(f'{archive} is missing (it ships in the '
+                                'repository under datasets/)')
+    tmp = out.rstrip('/') + '.part'
+    shutil.rmtree(tmp, ignore_errors=True)
+    counts = dict(train=0, val=0, test=0)
+    with tarfile.open(archive) as tar:
+        members = sorted((m for m in tar.getmembers() if m.isfile()),
+                         key=lambda m: m.name)
+        by_class = {}
+        for m in members:
+            _, split, name, _ = m.name.split('/')
+            by_class.setdefault((split, name), []).append(m)
+        for (split, name), files in sorted(by_class.items()):
+            for i, m in enumerate(files):
+                kept = split
+                if split == 'train' and i >= len(files) - test_per_class:
+                    kept = 'test'
+                path = osp.join(tmp, kept, name, osp.basename(m.name))
+                os.makedirs(osp.dirname(path), exist_ok=True)
+                with tar.extractfile(m) as f, open(path, 'wb') as g:
+                    g.write(f.read())
+                counts[kept] += 1
+    with open(osp.join(tmp, 'manifest.json'), 'w') as f:
+        json.dump(dict(settings=settings, counts=counts), f, indent=2)
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
+    os.replace(tmp, out)
+    print(f'[data] wrote {counts} images to {out}')
+    return counts
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--source', default=DEFAULT_SOURCE)
     parser.add_argument('--out', default='data/demo/fmnist')
     parser.add_argument('--train-per-class', type=int, default=200)
     parser.add_argument('--val-per-class', type=int, default=50)
+    parser.add_argument('--test-per-class', type=int, default=100,
+                        help='held-out test images a class (from the 10k '
+                        'test images, none of them in val)')
     parser.add_argument('--det-out', default='data/demo/fmnist_det')
     parser.add_argument('--det-train-images', type=int, default=600)
     parser.add_argument('--det-val-images', type=int, default=100)
+    parser.add_argument('--det-test-images', type=int, default=200)
+    parser.add_argument('--cifar10-out', default=None,
+                        help='write only the CIFAR-10 subset (from '
+                        'datasets/cifar10_subset.tar.gz) to this folder')
+    parser.add_argument('--cifar10-test-per-class', type=int, default=30)
     parser.add_argument('--seed', type=int, default=0)
     return parser.parse_args(argv)
 
@@ -207,10 +300,16 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     try:
+        if args.cifar10_out:
+            write_cifar10_subset(CIFAR10_ARCHIVE, args.cifar10_out,
+                                 args.cifar10_test_per_class)
+            return 0
         write_classification(args.source, args.out, args.train_per_class,
-                             args.val_per_class, args.seed)
+                             args.val_per_class, args.seed,
+                             args.test_per_class)
         write_detection(args.source, args.det_out, args.det_train_images,
-                        args.det_val_images, args.seed)
+                        args.det_val_images, args.seed,
+                        test_images=args.det_test_images)
     except FileNotFoundError as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1

@@ -58,9 +58,15 @@ val_dataloader = dict(
         data_root=data_root,
         ann_file='instances_val.json',
         data_prefix=dict(img='val/')))
-test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'instances_val.json')
-test_evaluator = val_evaluator
+# Final numbers come from held-out canvases (items no val canvas shows).
+test_dataloader = dict(
+    val_dataloader,
+    dataset=dict(
+        val_dataloader['dataset'],
+        ann_file='instances_test.json',
+        data_prefix=dict(img='test/')))
+test_evaluator = dict(val_evaluator, ann_file=data_root + 'instances_test.json')
 
 optim_wrapper = dict(optimizer=dict(lr=2e-3))
 max_epochs = 24

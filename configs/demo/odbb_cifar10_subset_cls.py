@@ -1,6 +1,6 @@
-# The demo's search (./odbb_fmnist_cls.py: small ODBBNet, 32x32, budget half the branches) on a
-# CIFAR-10 subset in class folders (train/<class>/*.jpg, val/<class>/*.jpg), e.g. the 3,000 / 600
-# image subset of docs/compare.md (--cfg-options *_dataloader.dataset.data_root=...). Search 6
+# The demo's search (./odbb_fmnist_cls.py: small ODBBNet, 32x32, budget half the branches) on the
+# CIFAR-10 subset that ships in datasets/ (2,700 train / 600 val / 300 held-out test real images;
+# python tools/prepare_demo_data.py --cifar10-out data/cifar10_subset writes it). Search 6
 # epochs (warm-up 2), then retrain the searched network for 20 (about 2.5 min a run on a 2-core
 # CPU; docs/ablation.md). ~94 iterations an epoch: alpha's Adam takes a step between the demo's
 # and ImageNet's.
@@ -13,7 +13,7 @@ data_preprocessor = dict(
     to_rgb=True)
 train_dataloader = dict(dataset=dict(data_root=data_root))
 val_dataloader = dict(dataset=dict(data_root=data_root))
-test_dataloader = val_dataloader
+test_dataloader = dict(dataset=dict(data_root=data_root))
 optim_wrapper = dict(alpha_optimizer=dict(lr=4e-3))
 search_epochs = 6
 max_epochs = search_epochs + 20

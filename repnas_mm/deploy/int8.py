@@ -5,7 +5,7 @@ quantized by ONNX Runtime (``quantize_static``: QDQ format, per-channel
 symmetric INT8 weights, UINT8 activations) with ranges calibrated on real
 training images, pre-processed as at inference (the config's test
 pipeline and data preprocessor). Both models are then evaluated on the
-config's validation set with the config's own metric (top-1 for
+config's test set with the config's own metric (top-1 for
 classifiers, CocoMetric bbox mAP for detectors) through mmdeploy's ONNX
 Runtime backend model, and timed side by side in ONNX Runtime. The INT8
 model goes into an SDK folder of its own (``int8/``: the fp32 folder's
@@ -189,19 +189,20 @@ def model_input(task, backend, path: str) -> np.ndarray:
 
 def evaluate(task, model_cfg, backend, what: str,
              log: Callable[[str], None] = print):
-    """(the config's validation metrics, images) of an mmdeploy backend
-    model, on the config's validation set."""
+    """(the config's test metrics, images) of an mmdeploy backend model,
+    on the config's test set (``test_dataloader``, ``test_evaluator``): the
+    split final numbers are reported on, as ``tools/test.py`` does."""
     from mmengine.evaluator import Evaluator
     from mmengine.registry import init_default_scope
     init_default_scope(model_cfg.get('default_scope', 'mmpretrain'))
     try:
-        loader = task.build_dataloader(model_cfg.val_dataloader)
+        loader = task.build_dataloader(model_cfg.test_dataloader)
     except (FileNotFoundError, OSError) as exc:
         raise DeployError(
-            f'INT8 evaluation needs the config\'s validation set, which is '
-            f'absent ({exc}); point val_dataloader at it with '
+            f'INT8 evaluation needs the config\'s test set, which is '
+            f'absent ({exc}); point test_dataloader at it with '
             '--cfg-options') from None
-    evaluator = Evaluator(model_cfg.val_evaluator)
+    evaluator = Evaluator(model_cfg.test_evaluator)
     evaluator.dataset_meta = loader.dataset.metainfo
     total, seen, shown = len(loader.dataset), 0, 0
     with torch.no_grad():
@@ -226,7 +227,7 @@ def judged_by(evaluator_cfg):
         if kind in METRICS:
             return METRICS[kind]
     raise DeployError(
-        f'the config\'s val_evaluator ({[c.get("type") for c in cfgs]}) has '
+        f'the config\'s test_evaluator ({[c.get("type") for c in cfgs]}) has '
         'no metric INT8 is judged by: top-1 (Accuracy) or bbox mAP '
         '(CocoMetric)')
 
@@ -296,7 +297,7 @@ def export_int8(deploy_cfg: str,
     from mmengine.config import Config
     from .mmdeploy_export import SDK_FILES
     task, _, model = _task(deploy_cfg, model_cfg)
-    key, factor, label = judged_by(model.val_evaluator)
+    key, factor, label = judged_by(model.test_evaluator)
     fp32 = osp.join(sdk_dir, SDK_FILES[0])
     backends = dict(fp32=backend_model(task, fp32))
     inputs = [
@@ -317,8 +318,8 @@ def export_int8(deploy_cfg: str,
         backends['int8'] = backend_model(task, int8)
         metrics = {}
         for what, backend in backends.items():
-            metrics[what], val_images = evaluate(task, model, backend, what,
-                                                 log)
+            metrics[what], test_images = evaluate(task, model, backend,
+                                                  what, log)
         fp32_value, int8_value = (points(metrics[what], key, factor)
                                   for what in ('fp32', 'int8'))
         drop = fp32_value - int8_value
@@ -345,7 +346,7 @@ def export_int8(deploy_cfg: str,
         latency=latency,
         speedup=latency['int8']['speedup'],
         sdk_error=sdk_gap,
-        val_images=val_images)
+        test_images=test_images)
     log('[deploy] INT8\n' + table(result))
     return result
 

@@ -1,4 +1,5 @@
-"""Export through mmdeploy: its exporter and rewriters, its SDK files, checked in its runtimes.
+"""Export through mmdeploy: its exporter and rewriters, its SDK files,
+checked in its runtimes.
 
 repnas_mm fuses and verifies the model (``workflow.deploy``); mmdeploy then
 does what it is for: ``torch2onnx`` (its rewriters put e.g. a detector's
@@ -204,8 +205,10 @@ def _inside(detections, shape):
     cx, cy = boxes[:, 0::2].mean(1), boxes[:, 1::2].mean(1)
     keep = (cx >= 0) & (cx <= width) & (cy >= 0) & (cy <= height)
     boxes = boxes[keep]
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    # To the last pixel, as the SDK clips (the graph clips to the size):
+    # the same box either way once it reaches the border.
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width - 1)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height - 1)
     return boxes, scores[keep], labels[keep]
 
 
@@ -219,9 +222,9 @@ def _detection_gap(ref, got, shape) -> float:
     difference over the matches, 1.0 if one has no match of its label.
     """
     # mmdet's CenterNet keeps boxes that reach outside the image as they
-    # are; mmdeploy's graph clips them to its input, and its SDK to the
-    # image, dropping those centred outside it. Compared: the detections
-    # centred in the image, clipped to it.
+    # are; mmdeploy's graph clips them to its input size, and its SDK to
+    # the image's last pixel, dropping those centred outside it. Compared:
+    # the detections centred in the image, clipped to its last pixel.
     ref_boxes, ref_scores, ref_labels = _inside(ref, shape)
     boxes, scores, labels = _inside(got, shape)
     size = float(max(shape[:2]))

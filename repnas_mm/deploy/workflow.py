@@ -151,7 +151,7 @@ def deploy(config: str,
     ``export_tolerance``). ``int8=True`` (implies ``onnx``) then quantizes
     the export (:func:`~.int8.export_int8`: ``calib_images`` training
     images, ``calib_method``) into ``work_dir/int8/`` and evaluates fp32
-    and INT8 on the validation set. Raises :class:`DeployError`, and
+    and INT8 on the test set. Raises :class:`DeployError`, and
     writes nothing, when the fused model or the RepVGG copy differ from
     the training-time model by more than ``tolerance`` (relative), the
     export from PyTorch by more than ``export_tolerance``, or INT8's
