@@ -1,0 +1,135 @@
+"""Every number README.md and docs/ quote from a study is the one its
+committed result file holds (docs/results/): the formatted text must appear
+in the document. A re-run that changes a result makes this fail until the
+document quotes the new number."""
+import json
+import statistics
+
+import pytest
+
+from .conftest import REPO
+
+RESULTS = REPO / 'docs' / 'results'
+
+
+def _json(path):
+    return json.loads((RESULTS / path).read_text())
+
+
+def _methods(study):
+    return _json(f'{study}/results.json')['methods']
+
+
+def _pm(row, digits=2):
+    """'mean ± std' of a compare row, as the docs write it."""
+    return f'{row["top1_mean"]:.{digits}f} ± {row["top1_std"]:.{digits}f}'
+
+
+def _pair(values, digits=2):
+    mean, std = values
+    return f'{mean:.{digits}f} ± {std:.{digits}f}'
+
+
+def demo_summary_lines():
+    """The summary `make demo` printed, line by line, as README shows it."""
+    summary = _json('demo/summary.json')
+    width = max(len(k) for k in summary)
+    return [f'{key:<{width}} : {value}' for key, value in summary.items()
+            if not isinstance(value, dict)]
+
+
+def claims():
+    """(document, text it must contain), each made from a result file."""
+    out = []
+    # The demo: the summary block, and the headline numbers from it.
+    for line in demo_summary_lines():
+        out.append(('README.md', line))
+    # The demo's default against its controls, 3 seeds, held-out test split.
+    default = _methods('default_demo')
+    for doc in ('README.md', 'docs/ablation.md'):
+        for method in ('repnas', 'searched', 'repvgg', 'repnas-one_stage'):
+            out.append((doc, _pm(default[method])))
+        out.append((doc, _pm(_methods('default_demo_repvgg_9ep')['repvgg'])))
+    # The CIFAR-10 subset comparison (held-out test split).
+    cifar = _methods('compare_cifar10_subset')
+    for method in ('repnas', 'repnas-one_stage', 'searched', 'random',
+                   'plain', 'repvgg'):
+        out += [('README.md', _pm(cifar[method])),
+                ('docs/compare.md', _pm(cifar[method]))]
+    for method in ('acb', 'dbb', 'full'):
+        out.append(('docs/compare.md', _pm(cifar[method])))
+    # All of Fashion-MNIST (validation numbers, before the test split).
+    fmnist = _methods('compare_fmnist_full')
+    retrain = _methods('compare_fmnist_full_retrain')
+    for row in (fmnist['searched'], fmnist['random'], fmnist['repvgg'],
+                fmnist['plain'], fmnist['repnas'], retrain['repnas']):
+        out.append(('README.md', _pm(row)))
+    # Search cost (tools/benchmark_search.py), 224 px.
+    ratios = _json('online_benchmark/benchmark_search_cpu_b8.json')['ratios']
+    out += [('README.md', f'{ratios["search"]["step_ratio"]:.2f}× / '
+             f'{ratios["search online"]["step_ratio"]:.2f}×'),
+            ('README.md', f'{ratios["full"]["step_ratio"]:.2f}× / '
+             f'{ratios["full online"]["step_ratio"]:.2f}×; '
+             f'{ratios["full online"]["saved_ratio"]:.2f}×')]
+    # INT8 speed and the forms' drops.
+    lat = _json('int8_latency/latency_int8.json')['results']
+    out.append(('README.md', f'{lat["1"]["int8"]["speedup"]:.2f}× / '
+                f'{lat["8"]["int8"]["speedup"]:.2f}×'))
+    drops = {name: _json(f'{name}/int8.json')['forms']
+             for name in ('int8_demo', 'int8_cifar10_subset')}
+    out.append(('README.md',
+                f'{_pair(drops["int8_demo"]["quant_friendly"]["drop"])} / '
+                f'{_pair(drops["int8_demo"]["standard"]["drop"])}; '
+                f'{_pair(drops["int8_cifar10_subset"]["quant_friendly"]["drop"])}'
+                f' / {_pair(drops["int8_cifar10_subset"]["standard"]["drop"])}'
+                .replace('-', '−')))
+    # RefConv.
+    demo_gain = _json('refconv_demo/refconv.json')['summary']['gain']
+    cifar_gain = _json('refconv_resnet18_cifar10_subset/refconv.json')[
+        'summary']['gain']
+    out.append(('README.md', f'{_pair(demo_gain)}; {_pair(cifar_gain)}'
+                .replace('-', '−')))
+    cost = _json('refconv_resnet18_cifar10_subset/refconv_cost.json')
+    saved = cost['memory']['refconv']['saved_mib'] / \
+        cost['memory']['baseline']['saved_mib']
+    out.append(('README.md', f'{cost["step_ratio"]:.2f}×; {saved:.2f}×'))
+    # The fusion sweep.
+    sweep = _json('fusion_sweep/fusion_sweep.json')
+    counts = {}
+    for row in sweep['rows']:
+        counts[row['status']] = counts.get(row['status'], 0) + 1
+    out.append(('README.md', f'{counts["exact"]} exact'))
+    # Latency and fusion benchmarks of A0 (this CPU).
+    latency = _json('latency_a0/latency.json')['results']
+    training = next(v for k, v in latency.items() if 'training-time' in k)
+    speedup = training['ms_per_batch'] / latency['fused']['ms_per_batch']
+    out.append(('README.md', f'{speedup:.1f}× faster'))
+    fusion = _json('fusion_a0/fusion.json')['presets']
+    low = min(p['fused_over_repvgg'] for p in fusion)
+    high = max(p['fused_over_repvgg'] for p in fusion)
+    out.append(('README.md', f'{low:.2f}-{high:.2f}×'))
+    return out
+
+
+@pytest.mark.parametrize('doc,text', claims(),
+                         ids=lambda v: str(v)[:40])
+def test_quoted_number_is_the_committed_one(doc, text):
+    assert text in (REPO / doc).read_text(), (
+        f'{doc} does not quote {text!r} (from docs/results/)')
+
+
+def test_the_published_studies_are_their_runs():
+    """Each study's table is the mean and sample std of its runs'
+    result.json, and says the command that made it."""
+    for path in sorted(RESULTS.glob('**/results.json')):
+        study = json.loads(path.read_text())
+        assert study.get('command', '').startswith('python tools/'), path
+        for method, row in study['methods'].items():
+            runs = [json.loads((path.parent / 'runs' / method /
+                                f'seed_{s}' / 'result.json').read_text())
+                    for s in row['seeds']]
+            top1 = [r['top1'] for r in runs]
+            assert row['top1_mean'] == pytest.approx(statistics.mean(top1))
+            if len(top1) > 1:
+                assert row['top1_std'] == pytest.approx(
+                    statistics.stdev(top1))
