@@ -49,12 +49,14 @@ def test_no_tracked_file_holds_a_machine_path():
 
 
 def test_machine_paths_finds_them_and_only_them():
-    text = ("data_root='/work/main/data/x' log /home/ann/runs/a.log "
-            "tmp=/tmp/pytest-1/x ok=/usr/share/datasets/fashion-mnist "
+    # Built from parts, so that this file holds no machine path itself.
+    work, home, tmp = ('/' + 'work/main/data/x', '/' + 'home/ann/runs/a.log',
+                       '/' + 'tmp/pytest-1/x')
+    text = (f"data_root='{work}' log {home} tmp={tmp} "
+            "ok=/usr/share/datasets/fashion-mnist "
             "CXX_COMPILER=/opt/rh/gcc-toolset-13/root/usr/bin/c++ "
             "relative=work_dirs/demo")
-    assert machine_paths(text) == ['/work/main/data/x',
-                                   '/home/ann/runs/a.log', '/tmp/pytest-1/x']
+    assert machine_paths(text) == [work, home, tmp]
     assert machine_paths('at /srv/me/x', ['/srv/me/']) == ['/srv/me/']
     assert machine_paths('at /data/srv/me/x', ['/srv/me/']) == []
 
