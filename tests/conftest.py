@@ -30,11 +30,14 @@ def coco8():
 
 
 def cls_data_options(root):
-    """--cfg-options pointing a classification config at ``root``."""
+    """--cfg-options pointing a classification config at ``root``. The test
+    data sets have no held-out split: testing reads ``val`` (tests compare
+    what tools/test.py reports with the last validation)."""
     return [
         f'train_dataloader.dataset.data_root={root}',
         f'val_dataloader.dataset.data_root={root}',
         f'test_dataloader.dataset.data_root={root}',
+        'test_dataloader.dataset.data_prefix=val',
     ]
 
 

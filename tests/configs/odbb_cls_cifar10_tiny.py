@@ -9,7 +9,10 @@ train_dataloader = dict(
     dataset=dict(data_root=data_root, indices=list(range(0, 160, 10))))
 val_dataloader = dict(
     dataset=dict(data_root=data_root, indices=list(range(0, 60, 2))))
-test_dataloader = val_dataloader
+# cifar10_tiny has no test split: tests compare what tools/test.py reports with the last
+# validation, so testing reads the same 30 val images (the demo config tests on 'test').
+test_dataloader = dict(
+    dataset=dict(data_root=data_root, data_prefix='val', indices=list(range(0, 60, 2))))
 max_epochs = 1
 # The paper's one-stage run (fixed and trained on); tests set fix_epoch and epochs themselves.
 custom_hooks = [dict(_base_.repnas_hook, budget=0.5, warmup_epochs=1, fix_epoch=4)]
