@@ -152,8 +152,10 @@ def test_tiny_comparison_resumes_and_its_table_matches_its_logs(
     assert results['methods']['random']['changes']['search'] is False
     # Published as evidence: portable, without configs or checkpoints.
     out = tmp_path / 'published'
+    # The work dir and the variants file live outside the repository:
+    # their folder is mapped to a relative one.
     published = run_tool('tools/publish_results.py', work, out, '--alias',
-                         f'{work}=work_dirs/cmp')
+                         f'{tmp_path}=work_dirs/study')
     assert published.returncode == 0, published.stderr
     assert not list(out.rglob('config.py')) and not list(out.rglob('*.pth'))
     assert sorted(p.name for p in (out / 'runs' / 'random' / 'seed_0')
