@@ -125,14 +125,20 @@ def write_classification(source, out, train_per_class, val_per_class, seed,
             if not cv2.imwrite(path, images[i]):
                 raise OSError(f'could not write {path}')
         counts[split] = len(chosen)
+    return _finish(tmp, out, dict(settings=settings, counts=counts,
+                                  classes=CLASSES), f'{counts} images')
+
+
+def _finish(tmp, out, manifest, what):
+    """Write ``tmp``'s manifest, move ``tmp`` into place as ``out`` (a
+    finished folder, or nothing), and return ``manifest['counts']``."""
     with open(osp.join(tmp, 'manifest.json'), 'w') as f:
-        json.dump(dict(settings=settings, counts=counts, classes=CLASSES), f,
-                  indent=2)
+        json.dump(manifest, f, indent=2)
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
     os.replace(tmp, out)
-    print(f'[data] wrote {counts} images to {out}')
-    return counts
+    print(f'[data] wrote {what} to {out}')
+    return manifest['counts']
 
 
 def _up_to_date(out, settings):
@@ -220,13 +226,8 @@ def write_detection(source, out, train_images, val_images, seed,
             json.dump(dict(images=images, annotations=annotations,
                            categories=categories), f)
         counts[split] = dict(images=num, boxes=len(annotations))
-    with open(osp.join(tmp, 'manifest.json'), 'w') as f:
-        json.dump(dict(settings=settings, counts=counts), f, indent=2)
-    shutil.rmtree(out, ignore_errors=True)
-    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
-    os.replace(tmp, out)
-    print(f'[data] wrote {counts} to {out}')
-    return counts
+    return _finish(tmp, out, dict(settings=settings, counts=counts),
+                   str(counts))
 
 
 def write_cifar10_subset(archive, out, test_per_class=30):
@@ -267,13 +268,8 @@ def write_cifar10_subset(archive, out, test_per_class=30):
                 with tar.extractfile(m) as f, open(path, 'wb') as g:
                     g.write(f.read())
                 counts[kept] += 1
-    with open(osp.join(tmp, 'manifest.json'), 'w') as f:
-        json.dump(dict(settings=settings, counts=counts), f, indent=2)
-    shutil.rmtree(out, ignore_errors=True)
-    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
-    os.replace(tmp, out)
-    print(f'[data] wrote {counts} images to {out}')
-    return counts
+    return _finish(tmp, out, dict(settings=settings, counts=counts),
+                   f'{counts} images')
 
 
 def parse_args(argv=None):
