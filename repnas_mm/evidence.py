@@ -29,8 +29,8 @@ _MACHINE = re.compile(
     r'[^\s\'",;)\]}]*)')
 # What a study's evidence keeps: tables and figures at the top, and per run
 # its result, log and the architectures it drew or found.
-KEEP_TOP = ('results.json', 'results.md', 'results.png', 'command.txt',
-            'int8.json', 'int8.md', 'summary.json', 'summary.md')
+KEEP_TOP = ('results.json', 'results.md', 'results.png', 'int8.json',
+            'int8.md', 'summary.json')
 KEEP_RUN = ('result.json', 'train.log', 'random_arch.json', 'int8.json',
             'int8_table.md', 'searched_arch.json')
 

@@ -4,7 +4,7 @@
     python tools/publish_results.py WORK_DIR OUT_DIR [--alias ABS=REL ...]
 
 Keeps what a reader needs to check and re-run the study: its tables
-(results.{json,md,png}, int8.{json,md}, summary.{json,md}) and, per run,
+(results.{json,md,png}, int8.{json,md}, summary.json) and, per run,
 result.json, its training log and the architecture it drew or found. Not
 the checkpoints, and not a config copy per run: results.json records the
 command and what each method changes in the study's config. Every path of
