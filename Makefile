@@ -15,7 +15,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.repnas_mm-setup
 SETUP_INPUTS := requirements/torch.txt requirements/runtime.txt requirements/tests.txt \
-	requirements/deploy.txt requirements/cuda.txt \
+	requirements/deploy.txt requirements/mim.txt requirements/cuda.txt \
 	requirements/build.txt setup.py pyproject.toml scripts/setup_env.sh scripts/build_mmcv.py
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
@@ -46,7 +46,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	"$(VENV)/bin/ruff" check .
-	"$(VENV)/bin/ruff" check configs tools tests scripts --select E501 --line-length 100
+	"$(VENV)/bin/ruff" check configs repnas_mm/tools tests scripts --select E501 --line-length 100
 
 demo: $(STAMP)
 	bash scripts/ensure_fashion_mnist.sh

@@ -27,6 +27,13 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.11',
     packages=find_packages(include=['repnas_mm', 'repnas_mm.*']),
+    # What the library and mim read besides code (repnas_mm/resources.py):
+    # configs, tools and the CIFAR-10 subset under repnas_mm/.mim/, as
+    # mmpretrain and mmdet ship theirs. In the checkout these are links to
+    # configs/, tools/ (= repnas_mm/tools/) and datasets/; a wheel holds copies.
+    package_data={'repnas_mm': [
+        '.mim/configs/**/*.py', '.mim/tools/*.py', '.mim/tools/*.sh',
+        '.mim/datasets/*', '.mim/model-index.yml']},
     # repnas_mm.rep needs torch only; the rest needs the OpenMMLab stack,
     # which scripts/setup_env.sh installs (mmcv is built from source there).
     install_requires=read_requirements('torch.txt'),

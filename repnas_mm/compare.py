@@ -3,8 +3,8 @@
 ``tools/compare_architectures.py`` is its command line.
 
 For one RepNAS search config, every method trains with the config's
-schedule, data and seed, through ``tools/train.py`` (a subprocess, its log
-beside its checkpoints):
+schedule, data and seed, through ``tools/train.py`` (a subprocess,
+``python -m repnas_mm.tools.train``, its log beside its checkpoints):
 
 - ``repnas``: the config itself, the one-stage search (search, fix at
   ``fix_epoch``, train on);
@@ -31,24 +31,22 @@ resumes from its last checkpoint. The table (JSON, markdown, figure) is
 rebuilt from the runs' own result files every time.
 """
 import copy
-import glob
 import json
 import os
 import os.path as osp
 import re
 import statistics
-import subprocess
-import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 from repnas_mm.atomic import atomic_path
 from repnas_mm.config import read_config
 from repnas_mm.errors import UserError
+from repnas_mm.experiments import (last_checkpoint, read_scalars, run_logged,
+                                   test_metrics, tool_command)
 
 PRESET_METHODS = ('plain', 'repvgg', 'acb', 'dbb', 'full')
 METHODS = ('repnas', 'searched', 'random') + PRESET_METHODS
-TOOLS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools')
 
 
 class CompareError(UserError):
@@ -155,35 +153,6 @@ def method_config(cfg, method: str, seed: int, run_dir: str):
 
 
 # -- one run -----------------------------------------------------------------
-def _run(cmd: Sequence[str], log_path: str):
-    with open(log_path, 'a') as log:
-        log.write(f'$ {" ".join(map(str, cmd))}\n')
-        log.flush()
-        proc = subprocess.run([str(c) for c in cmd], stdout=log,
-                              stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise CompareError(f'{" ".join(map(str, cmd[1:3]))} failed (exit '
-                           f'{proc.returncode}); log: {log_path}')
-
-
-def _last_checkpoint(work_dir: str) -> Optional[str]:
-    path = osp.join(work_dir, 'last_checkpoint')
-    if not osp.isfile(path):
-        return None
-    with open(path) as f:
-        return f.read().strip() or None
-
-
-def _scalars(work_dir: str) -> List[dict]:
-    """Every record of the runs' vis_data/scalars.json in ``work_dir``."""
-    records = []
-    for path in sorted(glob.glob(osp.join(work_dir, '*', 'vis_data',
-                                          'scalars.json'))):
-        with open(path) as f:
-            records += [json.loads(line) for line in f if line.strip()]
-    return records
-
-
 def run_one(cfg, method: str, seed: int, run_dir: str,
             log: Callable[[str], None] = print,
             label: Optional[str] = None) -> dict:
@@ -202,21 +171,22 @@ def run_one(cfg, method: str, seed: int, run_dir: str,
             method_config(cfg, method, seed, run_dir).dump(tmp)
     train_dir = osp.join(run_dir, 'train')
     start = time.time()
-    resume = _last_checkpoint(train_dir) is not None
-    _run([sys.executable, osp.join(TOOLS, 'train.py'), cfg_path,
-          '--work-dir', train_dir] + (['--resume'] if resume else []),
-         osp.join(run_dir, 'train.log'))
+    resume = last_checkpoint(train_dir) is not None
+    run_logged(tool_command('train', cfg_path, '--work-dir', train_dir,
+                            *(['--resume'] if resume else [])),
+               osp.join(run_dir, 'train.log'))
     train_seconds = time.time() - start
-    checkpoint = _last_checkpoint(train_dir)
+    checkpoint = last_checkpoint(train_dir)
     with open(osp.join(run_dir, 'deploy.log'), 'w') as f:
         deployed = deploy(cfg_path, checkpoint, osp.join(run_dir, 'fused'),
                           log=lambda line: f.write(line + '\n'))
-    _run([sys.executable, osp.join(TOOLS, 'test.py'), deployed['config'],
-          deployed['checkpoint'], '--work-dir', osp.join(run_dir, 'test')],
-         osp.join(run_dir, 'test.log'))
-    metrics = _test_metrics(osp.join(run_dir, 'test'))
-    train = [r for r in _scalars(train_dir) if 'loss' in r and 'time' in r]
-    val = [r for r in _scalars(train_dir) if 'accuracy/top1' in r]
+    run_logged(tool_command('test', deployed['config'], deployed['checkpoint'],
+                            '--work-dir', osp.join(run_dir, 'test')),
+               osp.join(run_dir, 'test.log'))
+    metrics = test_metrics(osp.join(run_dir, 'test'))
+    scalars = read_scalars(train_dir)
+    train = [r for r in scalars if 'loss' in r and 'time' in r]
+    val = [r for r in scalars if 'accuracy/top1' in r]
     from mmengine.config import Config
     branches = Config.fromfile(deployed['config']).model.backbone.branches
     result = dict(
@@ -258,15 +228,6 @@ def method_changes(cfg, label: str, method: str,
         'under the search budget)').get(method, method)
     return dict(search=False, second_stage_only=retrain,
                 branches=branches)
-
-
-def _test_metrics(test_dir: str) -> dict:
-    """The metrics tools/test.py wrote (mmengine's <stamp>/<stamp>.json)."""
-    found = sorted(glob.glob(osp.join(test_dir, '*', '*.json')))
-    if not found:
-        raise CompareError(f'tools/test.py wrote no metrics in {test_dir}')
-    with open(found[-1]) as f:
-        return json.load(f)
 
 
 # -- the comparison -----------------------------------------------------------

@@ -19,9 +19,40 @@ def read_config(path: str, cfg_options: Optional[dict] = None):
         cfg = Config.fromfile(path)
     except SyntaxError as exc:
         raise UserError(_syntax_error(path, exc)) from None
+    for key in list(cfg.keys()):
+        _drop_package_scope(cfg[key])
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     return cfg
+
+
+#: What a user's config writes to inherit one of ours:
+#: ``_base_ = 'repnas_mm::odbb_a0_imagenet.py'`` (mmengine reads it from
+#: ``repnas_mm/.mim/configs``; :func:`register_package_scope`).
+PACKAGE_SCOPE = 'repnas_mm'
+
+
+def register_package_scope() -> None:
+    """Let mmengine resolve ``repnas_mm::`` bases, as it does ``mmdet::``:
+    mmengine 0.10 accepts only the packages of its ``MODULE2PACKAGE`` table
+    ("mmengine does not support to load repnas_mm config" otherwise)."""
+    from mmengine.config.utils import MODULE2PACKAGE
+    MODULE2PACKAGE.setdefault(PACKAGE_SCOPE, 'repnas_mm')
+
+
+def _drop_package_scope(node) -> None:
+    """mmengine marks every typed dict of a ``repnas_mm::`` base with
+    ``_scope_='repnas_mm'``, a scope no registry has (our modules live in
+    mmpretrain's and mmdet's); without the mark the config's own
+    ``default_scope`` builds them, as if the base were a local file."""
+    if isinstance(node, dict):
+        if node.get('_scope_') == PACKAGE_SCOPE:
+            node.pop('_scope_')
+        for value in node.values():
+            _drop_package_scope(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _drop_package_scope(value)
 
 
 def _syntax_error(path: str, exc: SyntaxError) -> str:

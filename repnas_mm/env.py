@@ -29,7 +29,12 @@ PACKAGES = (
     ('matplotlib', 'Matplotlib', True),
     ('mmdeploy', 'MMDeploy', True),
     ('mmdeploy_runtime', 'MMDeploy SDK runtime', True),
+    ('mim', 'OpenMIM', False),
 )
+
+
+# Where a distribution's name differs from what it imports as.
+DISTRIBUTIONS = {'mim': 'openmim'}
 
 
 def _version(module):
@@ -37,7 +42,8 @@ def _version(module):
     if version is None:
         from importlib.metadata import PackageNotFoundError, version as meta
         try:
-            version = meta(module.__name__)
+            version = meta(DISTRIBUTIONS.get(module.__name__,
+                                             module.__name__))
         except PackageNotFoundError:
             version = 'unknown'
     return version

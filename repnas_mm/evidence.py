@@ -19,6 +19,7 @@ import tempfile
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from repnas_mm.atomic import atomic_path
+from repnas_mm.resources import MIM_DIR, PACKAGE_DIR
 
 # An absolute path under a folder that names a machine's user, project or
 # scratch space. The look-behind skips paths inside other paths (torch's
@@ -73,10 +74,27 @@ def portable(text: str, root: Optional[str] = None,
 
 
 def command_line(argv: Optional[Sequence[str]] = None) -> str:
-    """The command that is running, as a user would retype it from the
-    repository root: ``python tools/<tool>.py ARGS``, paths made portable."""
+    """The command that is running, as a user would retype it where it
+    runs, paths made portable: ``python tools/<tool>.py ARGS`` from the root
+    of a checkout, ``python -m repnas_mm.tools.<tool> ARGS`` elsewhere
+    (however the tool was started: by path, ``-m`` or ``mim``)."""
     argv = list(sys.argv if argv is None else argv)
+    if argv and _is_tool(argv[0]):
+        name = osp.splitext(osp.basename(argv[0]))[0]
+        local = osp.join('tools', name + '.py')
+        argv[:1] = [local] if _is_tool(local) else [
+            '-m', f'repnas_mm.tools.{name}']
     return portable('python ' + shlex.join(argv))
+
+
+def _is_tool(path: str) -> bool:
+    """Whether ``path`` is one of the package's tools (in ``repnas_mm/tools``
+    or its copy ``.mim/tools``)."""
+    if not osp.isfile(path):
+        return False
+    folder = osp.dirname(osp.realpath(path))
+    return folder in {osp.realpath(osp.join(d, 'tools'))
+                      for d in (PACKAGE_DIR, MIM_DIR)}
 
 
 def evidence_files(work_dir: str) -> List[Tuple[str, str]]:

@@ -6,8 +6,8 @@
 #
 # Steps: venv -> torch -> NVIDIA's CUDA compiler wheels (for a CUDA torch) -> mmcv 2.1.0 with
 # compiled ops (built once by scripts/build_mmcv.py and cached outside the repo; CUDA ops where a
-# GPU is visible or FORCE_CUDA=1) -> the rest of the stack -> mmdeploy + mmdeploy-runtime (--no-deps) ->
-# repnas_mm (editable) -> a check that everything imports and mmcv's ops are compiled.
+# GPU is visible or FORCE_CUDA=1) -> the rest of the stack -> mmdeploy + mmdeploy-runtime + openmim
+# (--no-deps) -> repnas_mm (editable) -> a check that everything imports and mmcv's ops are compiled.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -77,8 +77,8 @@ step "OpenMMLab stack and tools ($REQ/runtime.txt, $REQ/tests.txt)"
 "${PIP[@]}" install -q --find-links "$WHEEL_DIR" --only-binary mmcv \
   -c "$REQ/torch.txt" -r "$REQ/runtime.txt" -r "$REQ/tests.txt"
 
-step "mmdeploy and its SDK runtime, without their pins ($REQ/deploy.txt)"
-"${PIP[@]}" install -q --no-deps -r "$REQ/deploy.txt"
+step "mmdeploy, its SDK runtime and openmim, without their pins ($REQ/deploy.txt, $REQ/mim.txt)"
+"${PIP[@]}" install -q --no-deps -r "$REQ/deploy.txt" -r "$REQ/mim.txt"
 
 step "repnas_mm (editable)"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"

@@ -180,9 +180,7 @@ REFOCUS = {
 
 
 def test_refocus_configs_change_only_the_backbone_of_their_fine_tune():
-    import sys
-    sys.path.insert(0, str(REPO / 'tools'))
-    from benchmark_refconv import method_config
+    from repnas_mm.tools.benchmark_refconv import method_config
 
     from repnas_mm.config import unwrap_converted
     for name, (finetune, first) in REFOCUS.items():

@@ -112,14 +112,14 @@ def test_the_cifar10_subset_ships_and_unpacks_with_a_held_out_split(
     """Every CIFAR-10-subset command in docs starts from the archive in
     datasets/: 2,700 / 600 / 300 real images, test disjoint from train."""
     import hashlib
-    import sys
-    sys.path.insert(0, str(REPO / 'tools'))
-    import prepare_demo_data
+    from repnas_mm import demo_data
+    from repnas_mm.resources import dataset_path
     archive = REPO / 'datasets' / 'cifar10_subset.tar.gz'
+    assert dataset_path(demo_data.CIFAR10_ARCHIVE) == str(archive.resolve())
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     assert digest in (REPO / 'datasets' / 'README.md').read_text()
     out = tmp_path / 'cifar10_subset'
-    counts = prepare_demo_data.write_cifar10_subset(str(archive), str(out))
+    counts = demo_data.write_cifar10_subset(str(archive), str(out))
     assert counts == dict(train=2700, val=600, test=300)
     for cls in ('airplane', 'truck'):
         names = {split: {p.name for p in (out / split / cls).iterdir()}
@@ -127,8 +127,7 @@ def test_the_cifar10_subset_ships_and_unpacks_with_a_held_out_split(
         assert len(names['test']) == 30 and len(names['train']) == 270
         assert not names['test'] & names['train']
     # A second call with the same settings reuses the folder.
-    assert prepare_demo_data.write_cifar10_subset(str(archive),
-                                                  str(out)) is None
+    assert demo_data.write_cifar10_subset(str(archive), str(out)) is None
     # The configs read it from the path the tool writes by default.
     from mmengine.config import Config
     cfg = Config.fromfile(REPO / 'configs' / 'demo' /

@@ -1,7 +1,6 @@
 """INT8 deployment (tools/deploy.py --int8) of a quantization-friendly network
 searched by RepNAS on real Fashion-MNIST images."""
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +24,11 @@ def searched_qf(tmp_path_factory):
     assert (FMNIST / 'train-images-idx3-ubyte.gz').is_file(), (
         'Debian package dataset-fashion-mnist is not installed (`make test` '
         'installs it as root; or: apt-get install dataset-fashion-mnist)')
-    sys.path.insert(0, str(REPO / 'tools'))
-    import prepare_demo_data
+    from repnas_mm import demo_data
     root = tmp_path_factory.mktemp('int8')
     data = root / 'fmnist'
-    prepare_demo_data.write_classification(str(FMNIST), str(data), 100, 20,
-                                           seed=0, test_per_class=20)
+    demo_data.write_classification(str(FMNIST), str(data), 100, 20, seed=0,
+                                   test_per_class=20)
     # What a user writes: the demo search with quantization-friendly
     # blocks, shortened to one epoch of search and two of retraining.
     config = root / 'odbb_fmnist_qf_cls.py'

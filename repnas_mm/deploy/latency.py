@@ -26,7 +26,9 @@ from .onnx import export_onnx
 REFERENCES = (('ResNet-18', 18, 512), ('ResNet-50', 50, 2048))
 
 
-def _classifier(backbone: dict, channels: int):
+def imagenet_classifier(backbone: dict, channels: int):
+    """An mmpretrain ``ImageClassifier`` with ``backbone`` (``channels``
+    out), global pooling and a 1000-class linear head."""
     from mmpretrain.registry import MODELS
     return MODELS.build(
         dict(
@@ -57,12 +59,14 @@ def build_candidates(target: str, checkpoint: Optional[str] = None,
     if target in ODBBNet.arch_settings:
         arch = target
         width = ODBBNet.arch_settings[arch]['channels'][-1]
-        training = _classifier(
+        training = imagenet_classifier(
             dict(type='ODBBNet', arch=arch, branches='full'), width)
-        repvgg = _classifier(dict(type='RepVGG', arch=arch, deploy=True),
-                             width) if arch != 'vgg16' else None
+        repvgg = imagenet_classifier(
+            dict(type='RepVGG', arch=arch, deploy=True),
+            width) if arch != 'vgg16' else None
         references = {
-            name: _classifier(dict(type='ResNet', depth=depth), channels)
+            name: imagenet_classifier(dict(type='ResNet', depth=depth),
+                                      channels)
             for name, depth, channels in REFERENCES
         }
         size, label = 224, f'ODBB-{arch} classifier, all branches'

@@ -19,30 +19,28 @@ from typing import Callable, List, Sequence
 import numpy as np
 import torch
 
+from repnas_mm.resources import config_path
 from .model import DeployError
 
 #: What mmdeploy writes into an SDK folder, in the order it is moved in.
 SDK_FILES = ('end2end.onnx', 'deploy.json', 'pipeline.json', 'detail.json')
 #: Top detections compared per image.
 TOP_DETECTIONS = 10
-#: The deploy configs this repository ships (mmdeploy's format).
-DEPLOY_CONFIGS = osp.join(
-    osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'configs',
-    'deploy')
 
 
 def default_deploy_config(cfg) -> str:
-    """``configs/deploy/``'s dynamic-shape ONNX Runtime config for the
-    task of the model config ``cfg`` (its ``default_scope``)."""
+    """The shipped dynamic-shape ONNX Runtime config (``configs/deploy/``,
+    mmdeploy's format) for the task of the model config ``cfg`` (its
+    ``default_scope``)."""
     scope = cfg.get('default_scope', 'mmpretrain')
     task = {'mmpretrain': 'classification', 'mmdet': 'detection'}.get(scope)
     if task is None:
         raise DeployError(f'no deploy config for the {scope!r} codebase: '
                           'pass --deploy-cfg')
-    path = osp.join(DEPLOY_CONFIGS, f'{task}_onnxruntime_dynamic.py')
-    if not osp.isfile(path):
-        raise DeployError(f'{path} is missing (run from a repnas_mm clone, '
-                          'or pass --deploy-cfg)')
+    try:
+        path = config_path(f'deploy/{task}_onnxruntime_dynamic.py')
+    except FileNotFoundError as exc:
+        raise DeployError(f'{exc}; pass --deploy-cfg') from None
     return path
 
 

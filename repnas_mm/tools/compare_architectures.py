@@ -53,7 +53,7 @@ def main(argv=None):
     variants = read_variants(args.variants) if args.variants else None
     compare(args.config, args.work_dir, args.methods, args.seeds,
             args.cfg_options, args.max_runs, variants=variants,
-            command=command_line(['tools/compare_architectures.py']
+            command=command_line([__file__]
                                  + list(argv if argv is not None
                                         else sys.argv[1:])))
     return 0

@@ -95,13 +95,13 @@ def latency(args):
     import torch
 
     from repnas_mm.deploy.int8 import quantize, time_models
-    from repnas_mm.deploy.latency import _classifier
+    from repnas_mm.deploy.latency import imagenet_classifier
     from repnas_mm.deploy.onnx import export_onnx
     from repnas_mm.models import ODBBNet
     from repnas_mm.rep import reparameterize_model
     torch.manual_seed(0)
     width = ODBBNet.arch_settings[args.arch]['channels'][-1]
-    model = _classifier(dict(type='ODBBNet', arch=args.arch, branches='repvgg'), width)
+    model = imagenet_classifier(dict(type='ODBBNet', arch=args.arch, branches='repvgg'), width)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # BN statistics as if trained
         for m in model.modules():
@@ -168,7 +168,7 @@ def main(argv=None):
     lat.add_argument('--iters', type=int, default=3)
     lat.add_argument('--out-dir', default='work_dirs/int8')
     args = parser.parse_args(argv)
-    args.command = command_line(['tools/benchmark_int8.py'] + list(
+    args.command = command_line([__file__] + list(
         sys.argv[1:] if argv is None else argv))
     (accuracy if args.mode == 'accuracy' else latency)(args)
     return 0

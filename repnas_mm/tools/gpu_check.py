@@ -28,7 +28,6 @@ import os.path as osp
 import platform
 import re
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -37,9 +36,12 @@ import torch
 import repnas_mm  # noqa: F401
 from repnas_mm.benchmark import describe_device, markdown_table, write_report
 from repnas_mm.errors import UserError
+from repnas_mm.experiments import tool_command
+from repnas_mm.resources import config_path
 from repnas_mm.runner import run_tool
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+# ``make test`` needs a checkout (repnas_mm/tools/ -> the repository).
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.realpath(__file__))))
 
 
 def parse_args(argv=None):
@@ -66,6 +68,9 @@ def sizes(quick: bool, cuda: bool) -> dict:
 
 def run_make_test() -> dict:
     """``make test`` here: its exit status, wall time and summary line."""
+    if not osp.isfile(osp.join(REPO, 'Makefile')):
+        raise UserError('the test suite runs from a repnas_mm checkout; '
+                        'an installed package: pass --skip-tests')
     start = time.time()
     proc = subprocess.run(['make', 'test'], cwd=REPO, capture_output=True,
                           text=True)
@@ -95,13 +100,11 @@ def latency(device: str, size: dict, work: str) -> list:
 def search(device: str, size: dict, work: str) -> dict:
     """tools/benchmark_search.py: plain, search, search online."""
     out = osp.join(work, 'search.json')
-    subprocess.run([
-        sys.executable, osp.join(REPO, 'tools', 'benchmark_search.py'),
-        '--configs', 'plain', 'search', 'search online', '--device', device,
+    subprocess.run(tool_command(
+        'benchmark_search', '--configs', 'plain', 'search', 'search online', '--device', device,
         '--batch-size', str(size['search_batch']), '--input-size',
         str(size['input_size']), '--repeats', str(size['search_steps']),
-        '--out', out
-    ], cwd=REPO, check=True, capture_output=True, text=True)
+        '--out', out), check=True, capture_output=True, text=True)
     with open(out) as f:
         data = json.load(f)
     return {
@@ -120,8 +123,7 @@ def centernet_dcn(device: str, size: dict) -> dict:
 
     from repnas_mm.deploy.model import build_model_unchecked
     from repnas_mm.runner import check_cuda_ops
-    cfg = Config.fromfile(
-        osp.join(REPO, 'configs', 'centernet_odbb_a0_coco.py'))
+    cfg = Config.fromfile(config_path('centernet_odbb_a0_coco.py'))
     cfg.merge_from_dict({'model.backbone.branches': 'repvgg',
                          'model.backbone.init_cfg': None})
     model = build_model_unchecked(cfg).to(device)

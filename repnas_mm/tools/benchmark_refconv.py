@@ -43,6 +43,8 @@ from repnas_mm.benchmark import (describe_device, markdown_table, mean_std,
                                  write_report)
 from repnas_mm.config import read_config, unwrap_converted
 from repnas_mm.errors import UserError
+from repnas_mm.experiments import (last_checkpoint, read_scalars, run_logged, test_metrics,
+                                   tool_command)
 from repnas_mm.rep import RefConv
 from repnas_mm.runner import run_tool
 
@@ -61,7 +63,6 @@ def method_config(cfg, method):
 
 # -- accuracy --------------------------------------------------------------------------
 def accuracy(args):
-    from repnas_mm.compare import _run, _scalars
     from repnas_mm.deploy import deploy
     cfg = read_config(args.config, args.cfg_options)
     method_config(cfg, 'refconv')  # a RefConv config, or one line
@@ -84,16 +85,15 @@ def accuracy(args):
                 with atomic_path(cfg_path, suffix='.py') as tmp:
                     run_cfg.dump(tmp)
                 train_dir = osp.join(run_dir, 'train')
-                _run([sys.executable, osp.join(osp.dirname(__file__), 'train.py'),
-                      cfg_path, '--work-dir', train_dir], osp.join(run_dir, 'train.log'))
-                records = _scalars(train_dir)
+                run_logged(tool_command('train', cfg_path, '--work-dir', train_dir),
+                           osp.join(run_dir, 'train.log'))
+                records = read_scalars(train_dir)
                 val = [r for r in records if 'accuracy/top1' in r]
                 steps = [r['time'] for r in records if 'loss' in r and 'time' in r]
                 result = dict(method=method, seed=seed, top1=val[-1]['accuracy/top1'],
                               step_time=statistics.median(steps))
                 if method == 'refconv':
-                    with open(osp.join(train_dir, 'last_checkpoint')) as f:
-                        checkpoint = f.read().strip()
+                    checkpoint = last_checkpoint(train_dir)
                     with open(osp.join(run_dir, 'deploy.log'), 'w') as f:
                         deployed = deploy(cfg_path, checkpoint, osp.join(run_dir, 'fused'),
                                           log=lambda line: f.write(line + '\n'))
@@ -130,7 +130,6 @@ def accuracy(args):
 
 def _start_accuracy(cfg, work_dir):
     """Top-1 of the starting checkpoint (the baseline model, tools/test.py)."""
-    from repnas_mm.compare import _run, _test_metrics
     path = osp.join(work_dir, 'start.json')
     if not osp.isfile(path):
         print(f'[refconv] evaluating the starting checkpoint {cfg.load_from}', flush=True)
@@ -139,10 +138,10 @@ def _start_accuracy(cfg, work_dir):
         cfg_path = osp.join(start_dir, 'config.py')
         with atomic_path(cfg_path, suffix='.py') as tmp:
             method_config(cfg, 'baseline').dump(tmp)
-        _run([sys.executable, osp.join(osp.dirname(__file__), 'test.py'), cfg_path,
-              cfg.load_from, '--work-dir', osp.join(start_dir, 'test')],
-             osp.join(start_dir, 'test.log'))
-        top1 = _test_metrics(osp.join(start_dir, 'test'))['accuracy/top1']
+        run_logged(tool_command('test', cfg_path, cfg.load_from, '--work-dir',
+                                osp.join(start_dir, 'test')),
+                   osp.join(start_dir, 'test.log'))
+        top1 = test_metrics(osp.join(start_dir, 'test'))['accuracy/top1']
         with atomic_path(path) as tmp, open(tmp, 'w') as f:
             json.dump(dict(checkpoint=cfg.load_from, top1=top1), f)
     with open(path) as f:

@@ -1,48 +1,44 @@
-#!/usr/bin/env python
-"""Write the demo's data sets from Debian's Fashion-MNIST (real photos, MIT).
+"""The demo's data sets, from Debian's Fashion-MNIST (real photos, MIT) and
+the CIFAR-10 subset the package ships (layer 3; ``tools/prepare_demo_data.py``
+is its command line, ``tools/demo.py`` and the tests call it).
 
-Reads the IDX files of the ``dataset-fashion-mnist`` package and writes
+:func:`write_classification` reads the IDX files of the
+``dataset-fashion-mnist`` package and writes a seeded, class-balanced subset
+as one folder per class (PNG), the layout of mmpretrain's ``CustomDataset``::
 
-1. a seeded, class-balanced subset as one folder per class (PNG), the layout
-   of mmpretrain's ``CustomDataset``::
+    OUT/train/<class>/<index>.png    (from the 60k training images)
+    OUT/val/<class>/<index>.png      (from the 10k test images)
+    OUT/test/<class>/<index>.png     (10k test images not in val: the
+                                      held-out split final numbers use)
 
-       OUT/train/<class>/<index>.png    (from the 60k training images)
-       OUT/val/<class>/<index>.png      (from the 10k test images)
-       OUT/test/<class>/<index>.png     (10k test images not in val: the
-                                         held-out split final numbers use)
+:func:`write_detection` writes a detection set in COCO format for mmdet's
+``CocoDataset``: several real items pasted on larger black canvases (scaled
+1-1.6x, never overlapping), each box the tight box of the pasted item, 10
+categories::
 
-2. a detection set in COCO format for mmdet's ``CocoDataset``: several real
-   items pasted on larger black canvases (scaled 1-1.6x, never overlapping),
-   each box the tight box of the pasted item, 10 categories::
+    DET_OUT/{train,val,test}/<id>.png, DET_OUT/instances_*.json
+    (test pastes only items that no val image shows)
 
-       DET_OUT/{train,val,test}/<id>.png, DET_OUT/instances_*.json
-       (test pastes only items that no val image shows)
-
-3. with ``--cifar10-out DIR``, instead: the CIFAR-10 subset that ships in
-   ``datasets/cifar10_subset.tar.gz``, as DIR/{train,val,test}/<class>/
-   (2,700 / 600 / 300 real images; datasets/README.md)
+:func:`write_cifar10_subset` unpacks ``datasets/cifar10_subset.tar.gz``
+(:func:`repnas_mm.resources.dataset_path`) as DIR/{train,val,test}/<class>/
+(2,700 / 600 / 300 real images; datasets/README.md).
 
 Each folder is written next to its final place and renamed into place when
 complete, so an interrupted run leaves nothing half-written; a finished one
 with the same settings is reused as is.
-
-    python tools/prepare_demo_data.py --out data/demo/fmnist --det-out data/demo/fmnist_det
-    python tools/prepare_demo_data.py --cifar10-out data/cifar10_subset
 """
-import argparse
 import gzip
 import json
 import os
 import os.path as osp
 import shutil
 import struct
-import sys
 
 import numpy as np
 
 DEFAULT_SOURCE = '/usr/share/datasets/fashion-mnist'
-CIFAR10_ARCHIVE = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))),
-                           'datasets', 'cifar10_subset.tar.gz')
+#: The CIFAR-10 subset the package ships (``datasets/`` of a checkout).
+CIFAR10_ARCHIVE = 'cifar10_subset.tar.gz'
 CLASSES = ('T-shirt_top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal',
            'Shirt', 'Sneaker', 'Bag', 'Ankle_boot')
 FILES = {
@@ -272,45 +268,5 @@ def write_cifar10_subset(archive, out, test_per_class=30):
                    f'{counts} images')
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--source', default=DEFAULT_SOURCE)
-    parser.add_argument('--out', default='data/demo/fmnist')
-    parser.add_argument('--train-per-class', type=int, default=200)
-    parser.add_argument('--val-per-class', type=int, default=50)
-    parser.add_argument('--test-per-class', type=int, default=100,
-                        help='held-out test images a class (from the 10k '
-                        'test images, none of them in val)')
-    parser.add_argument('--det-out', default='data/demo/fmnist_det')
-    parser.add_argument('--det-train-images', type=int, default=600)
-    parser.add_argument('--det-val-images', type=int, default=100)
-    parser.add_argument('--det-test-images', type=int, default=200)
-    parser.add_argument('--cifar10-out', default=None,
-                        help='write only the CIFAR-10 subset (from '
-                        'datasets/cifar10_subset.tar.gz) to this folder')
-    parser.add_argument('--cifar10-test-per-class', type=int, default=30)
-    parser.add_argument('--seed', type=int, default=0)
-    return parser.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        if args.cifar10_out:
-            write_cifar10_subset(CIFAR10_ARCHIVE, args.cifar10_out,
-                                 args.cifar10_test_per_class)
-            return 0
-        write_classification(args.source, args.out, args.train_per_class,
-                             args.val_per_class, args.seed,
-                             args.test_per_class)
-        write_detection(args.source, args.det_out, args.det_train_images,
-                        args.det_val_images, args.seed,
-                        test_images=args.det_test_images)
-    except FileNotFoundError as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())
+__all__ = ['CLASSES', 'DEFAULT_SOURCE', 'write_cifar10_subset',
+           'write_classification', 'write_detection']

@@ -23,18 +23,18 @@ The summary at the end is read from the files those runs wrote.
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / 'tools'))
+from repnas_mm import demo_data
+from repnas_mm.errors import UserError
+from repnas_mm.experiments import (last_checkpoint, read_scalars, run_logged,
+                                   test_metrics, tool_command)
+from repnas_mm.resources import config_path
+from repnas_mm.runner import run_tool
 
-import prepare_demo_data  # noqa: E402
-
-CLS_CONFIG = REPO / 'configs' / 'demo' / 'odbb_fmnist_cls.py'
-DET_CONFIG = REPO / 'configs' / 'demo' / 'centernet_odbb_fmnist.py'
+CLS_CONFIG = config_path('demo/odbb_fmnist_cls.py')
+DET_CONFIG = config_path('demo/centernet_odbb_fmnist.py')
 
 
 def parse_args(argv=None):
@@ -44,7 +44,7 @@ def parse_args(argv=None):
     parser.add_argument('--det-data-root', default='data/demo/fmnist_det')
     parser.add_argument(
         '--fmnist',
-        default=prepare_demo_data.DEFAULT_SOURCE,
+        default=demo_data.DEFAULT_SOURCE,
         help='folder with the Fashion-MNIST *-ubyte.gz files')
     parser.add_argument(
         '--quick',
@@ -57,61 +57,42 @@ def banner(text):
     print(f'\n==== {text} ====', flush=True)
 
 
-def run(cmd, log_path):
-    """Run a tool, mirror its output to ``log_path``; exit on failure."""
-    print('$ ' + ' '.join(map(str, cmd)), flush=True)
-    with open(log_path, 'w') as log:
-        proc = subprocess.Popen([str(c) for c in cmd],
-                                cwd=REPO,
-                                stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT,
-                                text=True,
-                                bufsize=1)
-        for line in proc.stdout:
-            log.write(line)
-            if (' - mmengine - ' in line and ('Epoch(' in line
-                                             or 'RepNAS' in line)) or \
-                    line.startswith(('[deploy]', '[latency]', '[compare]', '|',
-                                     'error')):
-                sys.stdout.write(line)
-        rc = proc.wait()
-    if rc != 0:
-        print(f'demo: step failed (exit {rc}); full log: {log_path}',
-              file=sys.stderr)
-        sys.exit(rc)
+def _shown(line: str) -> bool:
+    """The lines of a step's log the demo prints: epochs, the search, and
+    the deploy/latency/compare reports."""
+    return (' - mmengine - ' in line and ('Epoch(' in line
+                                         or 'RepNAS' in line)) or \
+        line.startswith(('[deploy]', '[latency]', '[compare]', '|', 'error'))
 
 
-def read_scalars(work_dir):
-    files = sorted(Path(work_dir).glob('*/vis_data/scalars.json'))
-    if not files:
-        raise SystemExit(f'demo: no training log found under {work_dir}')
-    with open(files[-1]) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def last_checkpoint(work_dir) -> str:
-    return (Path(work_dir) / 'last_checkpoint').read_text().strip()
+def run(tool, args, log_path):
+    """Run ``tools/<tool>.py ARGS``; its log in ``log_path``, the lines
+    that say how it goes on the screen."""
+    cmd = tool_command(tool, *args)
+    print('$ ' + ' '.join(cmd), flush=True)
+    if log_path.exists():
+        log_path.unlink()
+    run_logged(cmd, str(log_path), echo=_shown)
 
 
 def main(argv=None):
     args = parse_args(argv)
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    py = sys.executable
     start = time.time()
     quick = args.quick
 
     banner('1/6 data: Fashion-MNIST classification and detection sets')
     try:
-        prepare_demo_data.write_classification(
+        demo_data.write_classification(
             args.fmnist, args.data_root, *((20, 10) if quick else (200, 50)),
             seed=0, test_per_class=10 if quick else 100)
-        prepare_demo_data.write_detection(
+        demo_data.write_detection(
             args.fmnist, args.det_data_root,
             *((32, 16) if quick else (600, 100)), seed=0,
             test_images=16 if quick else 200)
     except FileNotFoundError as exc:
-        raise SystemExit(f'demo: {exc}')
+        raise UserError(str(exc)) from None
     data_root = Path(args.data_root).resolve()
     det_root = Path(args.det_data_root).resolve()
 
@@ -125,20 +106,19 @@ def main(argv=None):
             'param_scheduler.T_max=1', 'param_scheduler.end=2',
             'custom_hooks.0.warmup_epochs=0', 'custom_hooks.0.fix_epoch=1'
         ]
-    run([py, 'tools/train.py', CLS_CONFIG, '--work-dir', cls_dir,
-         '--cfg-options', *cls_options], work / '2_search.log')
+    run('train', [CLS_CONFIG, '--work-dir', cls_dir,
+                  '--cfg-options', *cls_options], work / '2_search.log')
     cls_ckpt = last_checkpoint(cls_dir)
     # The final number: the searched network on the held-out test split.
-    run([py, 'tools/test.py', CLS_CONFIG, cls_ckpt, '--work-dir',
-         work / 'classifier_test', '--cfg-options', *cls_options],
-        work / '2_test.log')
+    run('test', [CLS_CONFIG, cls_ckpt, '--work-dir', work / 'classifier_test',
+                 '--cfg-options', *cls_options], work / '2_test.log')
 
     banner('3/6 baseline: the RepVGG preset, trained like the searched network')
     baseline_dir = work / 'baseline'
     shutil.rmtree(baseline_dir, ignore_errors=True)  # never a stale run
-    run([py, 'tools/compare_architectures.py', CLS_CONFIG, '--work-dir',
-         baseline_dir, '--methods', 'repvgg', '--seeds', 0, '--cfg-options',
-         *cls_options], work / '3_baseline.log')
+    run('compare_architectures',
+        [CLS_CONFIG, '--work-dir', baseline_dir, '--methods', 'repvgg',
+         '--seeds', 0, '--cfg-options', *cls_options], work / '3_baseline.log')
 
     banner('4/6 detect: CenterNet fine-tuned from the searched backbone')
     det_dir = work / 'detector'
@@ -152,8 +132,9 @@ def main(argv=None):
     ]
     train_det = ['train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
                  'param_scheduler.1.end=1'] if quick else []
-    run([py, 'tools/train.py', DET_CONFIG, '--work-dir', det_dir,
-         '--cfg-options', *det_options, *train_det], work / '4_detect.log')
+    run('train', [DET_CONFIG, '--work-dir', det_dir,
+                  '--cfg-options', *det_options, *train_det],
+        work / '4_detect.log')
     det_ckpt = last_checkpoint(det_dir)
 
     banner('5/6 deploy: fuse, verify on real images, export with mmdeploy, '
@@ -161,15 +142,16 @@ def main(argv=None):
     deploy_dir = work / 'deploy'
     # The detector has standard blocks (as the search config); its INT8
     # drop is measured and shown, and bounded by a loose tolerance.
-    run([py, 'tools/deploy.py', DET_CONFIG, det_ckpt, '--work-dir',
-         deploy_dir, '--int8', '--calib-images', 16 if quick else 64,
-         '--int8-tolerance', 5, '--num-images', 2 if quick else 8,
-         '--cfg-options', *det_options], work / '5_deploy.log')
+    run('deploy', [DET_CONFIG, det_ckpt, '--work-dir', deploy_dir, '--int8',
+                   '--calib-images', 16 if quick else 64,
+                   '--int8-tolerance', 5, '--num-images', 2 if quick else 8,
+                   '--cfg-options', *det_options], work / '5_deploy.log')
 
     banner('6/6 latency: training-time vs fused vs ONNX Runtime')
     latency_dir = work / 'latency'
-    run([py, 'tools/benchmark_latency.py', DET_CONFIG, '--checkpoint',
-         det_ckpt, '--input-size', 128, '--out-dir', latency_dir,
+    run('benchmark_latency',
+        [DET_CONFIG, '--checkpoint', det_ckpt, '--input-size', 128,
+         '--out-dir', latency_dir,
          *(['--repeats', 2, '--iters', 1] if quick else []),
          '--cfg-options', *det_options], work / '6_latency.log')
 
@@ -195,13 +177,6 @@ def main(argv=None):
     return 0
 
 
-def _test_top1(test_dir) -> float:
-    """The top-1 tools/test.py wrote in ``test_dir``."""
-    found = sorted(Path(test_dir).glob('*/*.json'))
-    with open(found[-1]) as f:
-        return json.load(f)['accuracy/top1']
-
-
 def collect_summary(work, cls_dir, baseline_dir, det_dir, deploy_dir,
                     latency_dir) -> dict:
     """Numbers and paths, read from the files the steps wrote.
@@ -210,9 +185,9 @@ def collect_summary(work, cls_dir, baseline_dir, det_dir, deploy_dir,
     and docs/benchmarks.md quote (docs/results/demo/summary.json).
     """
     summary, numbers = {}, {}
-    accuracy = [s['accuracy/top1'] for s in read_scalars(cls_dir)
+    accuracy = [s['accuracy/top1'] for s in read_scalars(cls_dir, latest_only=True)
                 if 'accuracy/top1' in s]
-    test_top1 = _test_top1(work / 'classifier_test')
+    test_top1 = test_metrics(work / 'classifier_test')['accuracy/top1']
     summary['test top-1 accuracy (10 classes, chance 10%)'] = (
         f'{test_top1:.1f}% (held-out test split; val {accuracy[-1]:.1f}% '
         f'after {len(accuracy)} epoch(s))')
@@ -282,4 +257,4 @@ def collect_summary(work, cls_dir, baseline_dir, det_dir, deploy_dir,
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_tool(main)

@@ -12,7 +12,8 @@ if [ $# -lt 2 ]; then
 fi
 CONFIG=$1
 NPROC=$2
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
+ROOT="$(cd "$HERE/../.." && pwd)"  # the checkout, for repnas_mm/tools/
 if [ -z "${PYTHON:-}" ]; then
   if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
 fi
@@ -24,4 +25,4 @@ MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 exec "$PYTHON" -m torch.distributed.run \
   --nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" \
   --nproc_per_node="$NPROC" --master_port="$PORT" \
-  "$ROOT/tools/train.py" "$CONFIG" --launcher pytorch "${@:3}"
+  "$HERE/train.py" "$CONFIG" --launcher pytorch "${@:3}"
