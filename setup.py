@@ -30,7 +30,7 @@ setup(
     # What the library and mim read besides code (repnas_mm/resources.py):
     # configs, tools and the CIFAR-10 subset under repnas_mm/.mim/, as
     # mmpretrain and mmdet ship theirs. In the checkout these are links to
-    # configs/, tools/ (= repnas_mm/tools/) and datasets/; a wheel holds copies.
+    # configs/, repnas_mm/tools/ and datasets/; a wheel holds copies.
     package_data={'repnas_mm': [
         '.mim/configs/**/*.py', '.mim/tools/*.py', '.mim/tools/*.sh',
         '.mim/datasets/*', '.mim/model-index.yml']},

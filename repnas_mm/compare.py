@@ -42,8 +42,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 from repnas_mm.atomic import atomic_path
 from repnas_mm.config import read_config
 from repnas_mm.errors import UserError
-from repnas_mm.experiments import (last_checkpoint, read_scalars, run_logged,
-                                   test_metrics, tool_command)
+from repnas_mm.experiments import (last_checkpoint, read_scalars,
+                                   read_test_metrics, run_logged,
+                                   tool_command)
 
 PRESET_METHODS = ('plain', 'repvgg', 'acb', 'dbb', 'full')
 METHODS = ('repnas', 'searched', 'random') + PRESET_METHODS
@@ -183,7 +184,7 @@ def run_one(cfg, method: str, seed: int, run_dir: str,
     run_logged(tool_command('test', deployed['config'], deployed['checkpoint'],
                             '--work-dir', osp.join(run_dir, 'test')),
                osp.join(run_dir, 'test.log'))
-    metrics = test_metrics(osp.join(run_dir, 'test'))
+    metrics = read_test_metrics(osp.join(run_dir, 'test'))
     scalars = read_scalars(train_dir)
     train = [r for r in scalars if 'loss' in r and 'time' in r]
     val = [r for r in scalars if 'accuracy/top1' in r]

@@ -78,7 +78,7 @@ def read_scalars(work_dir: str, latest_only: bool = False) -> List[dict]:
     return records
 
 
-def test_metrics(test_dir: str) -> dict:
+def read_test_metrics(test_dir: str) -> dict:
     """The metrics ``tools/test.py`` wrote in ``test_dir`` (the latest)."""
     found = sorted(glob.glob(osp.join(test_dir, '*', '*.json')))
     if not found:
@@ -87,5 +87,5 @@ def test_metrics(test_dir: str) -> dict:
         return json.load(f)
 
 
-__all__ = ['ToolError', 'last_checkpoint', 'read_scalars', 'run_logged',
-           'test_metrics', 'tool_command']
+__all__ = ['ToolError', 'last_checkpoint', 'read_scalars',
+           'read_test_metrics', 'run_logged', 'tool_command']

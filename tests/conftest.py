@@ -1,11 +1,12 @@
 """Shared fixtures: the repo, the real test data, and running our CLIs."""
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from repnas_mm import experiments
 
 REPO = Path(__file__).resolve().parents[1]
 # Real images shipped in the repository (tests/data/README.md): no test reads
@@ -120,8 +121,7 @@ def run_dist_train(config, nproc, *args, timeout=900):
 
 
 def read_scalars(work_dir):
-    """The scalars mmengine's LocalVisBackend logged, one dict per line."""
-    files = sorted(Path(work_dir).glob('*/vis_data/scalars.json'))
-    assert files, f'no scalars.json under {work_dir}'
-    with open(files[-1]) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The scalars mmengine's LocalVisBackend logged in the latest run."""
+    records = experiments.read_scalars(str(work_dir), latest_only=True)
+    assert records, f'no scalars.json under {work_dir}'
+    return records

@@ -43,8 +43,8 @@ from repnas_mm.benchmark import (describe_device, markdown_table, mean_std,
                                  write_report)
 from repnas_mm.config import read_config, unwrap_converted
 from repnas_mm.errors import UserError
-from repnas_mm.experiments import (last_checkpoint, read_scalars, run_logged, test_metrics,
-                                   tool_command)
+from repnas_mm.experiments import (last_checkpoint, read_scalars, read_test_metrics,
+                                   run_logged, tool_command)
 from repnas_mm.rep import RefConv
 from repnas_mm.runner import run_tool
 
@@ -141,7 +141,7 @@ def _start_accuracy(cfg, work_dir):
         run_logged(tool_command('test', cfg_path, cfg.load_from, '--work-dir',
                                 osp.join(start_dir, 'test')),
                    osp.join(start_dir, 'test.log'))
-        top1 = test_metrics(osp.join(start_dir, 'test'))['accuracy/top1']
+        top1 = read_test_metrics(osp.join(start_dir, 'test'))['accuracy/top1']
         with atomic_path(path) as tmp, open(tmp, 'w') as f:
             json.dump(dict(checkpoint=cfg.load_from, top1=top1), f)
     with open(path) as f:

@@ -28,8 +28,9 @@ from pathlib import Path
 
 from repnas_mm import demo_data
 from repnas_mm.errors import UserError
-from repnas_mm.experiments import (last_checkpoint, read_scalars, run_logged,
-                                   test_metrics, tool_command)
+from repnas_mm.experiments import (last_checkpoint, read_scalars,
+                                   read_test_metrics, run_logged,
+                                   tool_command)
 from repnas_mm.resources import config_path
 from repnas_mm.runner import run_tool
 
@@ -187,7 +188,7 @@ def collect_summary(work, cls_dir, baseline_dir, det_dir, deploy_dir,
     summary, numbers = {}, {}
     accuracy = [s['accuracy/top1'] for s in read_scalars(cls_dir, latest_only=True)
                 if 'accuracy/top1' in s]
-    test_top1 = test_metrics(work / 'classifier_test')['accuracy/top1']
+    test_top1 = read_test_metrics(work / 'classifier_test')['accuracy/top1']
     summary['test top-1 accuracy (10 classes, chance 10%)'] = (
         f'{test_top1:.1f}% (held-out test split; val {accuracy[-1]:.1f}% '
         f'after {len(accuracy)} epoch(s))')
