@@ -19,6 +19,15 @@ def read_config(path: str, cfg_options: Optional[dict] = None):
         cfg = Config.fromfile(path)
     except SyntaxError as exc:
         raise UserError(_syntax_error(path, exc)) from None
+    except FileNotFoundError as exc:
+        if f'{PACKAGE_SCOPE}{osp.sep}.mim' not in str(exc.filename):
+            raise
+        raise UserError(
+            f'{path} inherits {PACKAGE_SCOPE}::, which mmengine reads from '
+            f'an installed package ({exc.filename} is missing): an '
+            'editable install keeps the package in its checkout, where '
+            'mmengine does not look; install it with `pip install .`, or '
+            'give the base as a path') from None
     for key in list(cfg.keys()):
         _drop_package_scope(cfg[key])
     if cfg_options:

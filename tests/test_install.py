@@ -185,3 +185,23 @@ def test_mim_finds_every_shipped_config_by_name():
     clashes = [p for p in configs if counts[p.name] > 1
                and '_base_' not in p.parts]
     assert not clashes, clashes
+
+
+def test_repnas_mm_scope_loads_or_says_why(tmp_path):
+    """``_base_ = 'repnas_mm::...'`` reads the installed package. In this
+    environment's install mode it either loads, or (editable: the package
+    stays in the checkout, where mmengine does not look) says so in one
+    line."""
+    from mmengine.utils import get_installed_path
+
+    from repnas_mm.config import read_config
+    from repnas_mm.errors import UserError
+    config = tmp_path / 'mine.py'
+    config.write_text("_base_ = 'repnas_mm::demo/odbb_fmnist_cls.py'\n")
+    if (Path(get_installed_path('repnas_mm')) / '.mim').is_dir():
+        cfg = read_config(str(config))
+        assert cfg.model.backbone.type == 'ODBBNet'
+        assert '_scope_' not in cfg.model.backbone
+    else:
+        with pytest.raises(UserError, match='editable install'):
+            read_config(str(config))
