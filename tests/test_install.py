@@ -75,8 +75,14 @@ def _run(cmd, cwd, env, timeout=600):
 def test_the_wheel_works_from_any_folder_through_mim(tmp_path):
     wheels, target, user = (tmp_path / d for d in ('wheel', 'site', 'user'))
     py = sys.executable
+    # Built from a copy of the tree, as from a clone: an in-place build
+    # would leave build/ and an egg-info in the checkout.
+    source = tmp_path / 'source'
+    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
+        '.git', '.venv', 'work_dirs', 'data', 'build', '*.egg-info',
+        '__pycache__', '.pytest_cache'))
     _run([py, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation',
-          '-q', REPO, '-w', wheels], REPO, dict(os.environ))
+          '-q', source, '-w', wheels], source, dict(os.environ))
     wheel, = wheels.glob('repnas_mm-*.whl')
     _run([py, '-m', 'pip', 'install', '--no-deps', '-q', '--target', target,
           wheel], tmp_path, dict(os.environ))
@@ -191,17 +197,28 @@ def test_repnas_mm_scope_loads_or_says_why(tmp_path):
     """``_base_ = 'repnas_mm::...'`` reads the installed package. In this
     environment's install mode it either loads, or (editable: the package
     stays in the checkout, where mmengine does not look) says so in one
-    line."""
-    from mmengine.utils import get_installed_path
-
-    from repnas_mm.config import read_config
-    from repnas_mm.errors import UserError
-    config = tmp_path / 'mine.py'
-    config.write_text("_base_ = 'repnas_mm::demo/odbb_fmnist_cls.py'\n")
-    if (Path(get_installed_path('repnas_mm')) / '.mim').is_dir():
-        cfg = read_config(str(config))
-        assert cfg.model.backbone.type == 'ODBBNet'
-        assert '_scope_' not in cfg.model.backbone
+    line. Run from an empty folder, so the checkout is not on sys.path."""
+    (tmp_path / 'mine.py').write_text(
+        "_base_ = 'repnas_mm::demo/odbb_fmnist_cls.py'\n")
+    script = """
+import json, os
+from mmengine.utils import get_installed_path
+from repnas_mm.config import read_config
+from repnas_mm.errors import UserError
+installed = os.path.isdir(os.path.join(get_installed_path('repnas_mm'), '.mim'))
+try:
+    cfg = read_config('mine.py')
+    out = dict(backbone=cfg.model.backbone.type,
+               scoped='_scope_' in cfg.model.backbone)
+except UserError as exc:
+    out = dict(error=str(exc))
+print(json.dumps(dict(out, installed=installed)))
+"""
+    proc = subprocess.run([sys.executable, '-c', script], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if out['installed']:
+        assert out == dict(backbone='ODBBNet', scoped=False, installed=True)
     else:
-        with pytest.raises(UserError, match='editable install'):
-            read_config(str(config))
+        assert 'editable install' in out['error'], out
