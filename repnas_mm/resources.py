@@ -3,7 +3,8 @@
 Configs, tools and the CIFAR-10 subset live under ``repnas_mm/.mim/``, the
 folder OpenMMLab's ``mim`` and mmengine's ``repnas_mm::`` config scope read
 (as in mmpretrain and mmdet). In a checkout its entries are links to the
-repository's ``configs/``, ``tools/`` and ``datasets/``; a wheel holds copies.
+repository's ``configs/`` and ``datasets/`` and to ``repnas_mm/tools/``; a
+wheel holds copies.
 The library reads them only through these functions, never through a path
 relative to the repository.
 """
