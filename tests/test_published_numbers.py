@@ -54,33 +54,27 @@ def claims():
         for method in ('repnas', 'searched', 'repvgg', 'repnas-one_stage'):
             out.append((doc, _pm(default[method])))
         out.append((doc, _pm(_methods('default_demo_repvgg_9ep')['repvgg'])))
-    # The CIFAR-10 subset comparison (held-out test split).
-    cifar = _methods('compare_cifar10_subset')
-    for method in ('repnas', 'repnas-one_stage', 'searched', 'random',
-                   'plain', 'repvgg'):
-        out += [('README.md', _pm(cifar[method])),
-                ('docs/compare.md', _pm(cifar[method]))]
-    for method in ('acb', 'dbb', 'full'):
-        out.append(('docs/compare.md', _pm(cifar[method])))
-    # All of Fashion-MNIST (held-out test split, 2 seeds).
-    fmnist = _methods('compare_fmnist_full')
-    for method in ('repnas', 'repnas-one_stage', 'searched', 'random',
-                   'plain', 'repvgg'):
-        out += [('README.md', _pm(fmnist[method])),
-                ('docs/compare.md', _pm(fmnist[method]))]
-    for method in ('acb', 'dbb', 'full'):
-        out.append(('docs/compare.md', _pm(fmnist[method])))
-    for method in ('repnas', 'repnas-one_stage'):
-        out.append(('docs/ablation.md', _pm(fmnist[method])))
-    # Its equal-epoch gap: means, and per seed.
-    gap = fmnist['repnas']['top1_mean'] - fmnist['repnas-one_stage']['top1_mean']
-    out.append(('docs/compare.md', f'by {gap:.1f} points'))
-    out.append(('README.md', f'{gap:.1f} points above the one-stage run'))
-    per_seed = [_run('compare_fmnist_full', 'repnas', s)['top1']
-                - _run('compare_fmnist_full', 'repnas-one_stage', s)['top1']
-                for s in (0, 1)]
-    out.append(('docs/ablation.md',
-                ' / '.join(f'{d:+.1f}' for d in per_seed)))
+    # The comparisons on the CIFAR-10 subset (3 seeds) and on all of
+    # Fashion-MNIST (2 seeds), held-out test splits, and their equal-epoch
+    # gap (the default minus the one-stage run): means, and per seed.
+    for study in ('compare_cifar10_subset', 'compare_fmnist_full'):
+        rows = _methods(study)
+        for method in ('repnas', 'repnas-one_stage', 'searched', 'random',
+                       'plain', 'repvgg'):
+            out += [('README.md', _pm(rows[method])),
+                    ('docs/compare.md', _pm(rows[method]))]
+        for method in ('acb', 'dbb', 'full'):
+            out.append(('docs/compare.md', _pm(rows[method])))
+        for method in ('repnas', 'repnas-one_stage'):
+            out.append(('docs/ablation.md', _pm(rows[method])))
+        gap = rows['repnas']['top1_mean'] - rows['repnas-one_stage']['top1_mean']
+        out += [('docs/compare.md', f'by {gap:.1f} points'),
+                ('README.md', f'{gap:.1f} points above the')]
+        per_seed = [_run(study, 'repnas', s)['top1']
+                    - _run(study, 'repnas-one_stage', s)['top1']
+                    for s in rows['repnas']['seeds']]
+        out.append(('docs/ablation.md', ' / '.join(
+            f'{d:+.1f}'.replace('-', '−') for d in per_seed)))
     # Search cost (tools/benchmark_search.py), 224 px.
     ratios = _json('online_benchmark/benchmark_search_cpu_b8.json')['ratios']
     out += [('README.md', f'{ratios["search"]["step_ratio"]:.2f}× / '
