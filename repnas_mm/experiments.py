@@ -36,9 +36,10 @@ def run_logged(cmd: Sequence, log_path: str,
     with open(log_path, 'a') as log:
         log.write(f'$ {" ".join(cmd)}\n')
         log.flush()
+        # A tool's stray non-UTF-8 bytes must not end the run that logs it.
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True,
-                                bufsize=1)
+                                errors='replace', bufsize=1)
         for line in proc.stdout:
             log.write(line)
             if echo is not None and echo(line):

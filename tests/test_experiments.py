@@ -20,12 +20,17 @@ def test_run_logged_appends_output_and_names_the_log_when_it_fails(
     run_logged([sys.executable, '-c', 'print("epoch 1"); print("quiet")'],
                str(log), echo=lambda line: line.startswith('epoch'))
     assert capsys.readouterr().out == 'epoch 1\n'
+    # Bytes that are not UTF-8 are logged, replaced, not fatal.
+    run_logged([sys.executable, '-c',
+                'import sys; sys.stdout.buffer.write(b"\\xff ok\\n")'],
+               str(log))
+    assert log.read_text().splitlines()[-1] == '\ufffd ok'
     with pytest.raises(ToolError, match=r'failed \(exit 3\); log: .*x\.log'):
         run_logged([sys.executable, '-c', 'import sys; sys.exit(3)'],
                    str(log))
     lines = log.read_text().splitlines()
     assert lines[1:3] == ['epoch 1', 'quiet'] and lines[0].startswith('$ ')
-    assert len([ln for ln in lines if ln.startswith('$ ')]) == 2
+    assert len([ln for ln in lines if ln.startswith('$ ')]) == 3
 
 
 def test_readers_take_what_mmengine_wrote(tmp_path):
