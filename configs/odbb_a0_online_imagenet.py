@@ -6,4 +6,4 @@
 #   python tools/train.py configs/odbb_a0_online_imagenet.py
 _base_ = './odbb_a0_imagenet.py'
 
-model = dict(backbone=dict(online=True))
+model = dict(backbone=dict(form='online'))

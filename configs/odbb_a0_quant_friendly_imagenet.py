@@ -6,4 +6,4 @@
 #   python tools/deploy.py configs/odbb_a0_quant_friendly_imagenet.py CKPT --work-dir DIR --int8
 _base_ = './odbb_a0_imagenet.py'
 
-model = dict(backbone=dict(quant_friendly=True))
+model = dict(backbone=dict(form='quant_friendly'))

@@ -40,7 +40,7 @@ class MaskProbeHook(Hook):
             iter=runner.iter,
             mask=space.mask.int().tolist(),
             alpha=space.alpha.detach().cpu().tolist(),
-            online=all(block.online for block in space.blocks))
+            online=all(block.form == 'online' for block in space.blocks))
         with open(f'{self.out}.rank{get_rank()}.jsonl', 'a') as f:
             f.write(json.dumps(record) + '\n')
 

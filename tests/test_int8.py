@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import repnas_mm  # noqa: F401
-from repnas_mm.deploy import DeployError, deploy
+from repnas_mm.deploy import DeployError, Int8Options, VerifyOptions, deploy
 
 from .conftest import REPO, run_tool
 
@@ -34,7 +34,7 @@ def searched_qf(tmp_path_factory):
     config = root / 'odbb_fmnist_qf_cls.py'
     config.write_text(f"""_base_ = '{CLS_CONFIG}'
 data_root = '{data}'
-model = dict(backbone=dict(quant_friendly=True))
+model = dict(backbone=dict(form='quant_friendly'))
 train_dataloader = dict(dataset=dict(data_root=data_root))
 val_dataloader = dict(dataset=dict(data_root=data_root))
 test_dataloader = dict(dataset=dict(data_root=data_root))
@@ -71,7 +71,8 @@ def test_int8_export_runs_in_onnx_runtime_and_keeps_top1(searched_qf,
     import onnxruntime as ort
     out = tmp_path / 'deploy'
     result = deploy(str(searched_qf['config']), searched_qf['checkpoint'],
-                    str(out), num_images=2, int8=True, calib_images=32)
+                    str(out), VerifyOptions(num_images=2),
+                    int8=Int8Options(calib_images=32))
     int8 = result['int8']
     assert int8['metric'] == 'accuracy/top1' and int8['test_images'] == 200
     assert int8['calibration'] == dict(method='minmax', images=32)
@@ -136,7 +137,7 @@ def test_int8_export_runs_in_onnx_runtime_and_keeps_top1(searched_qf,
     # Deployed again without --int8 (or --onnx): the earlier INT8 and SDK
     # files do not stay beside the new fused model.
     deploy(str(searched_qf['config']), searched_qf['checkpoint'], str(out),
-           num_images=1)
+           VerifyOptions(num_images=1))
     assert sorted(p.name for p in out.iterdir()) == [
         'deploy_result.json', 'odbb_fmnist_qf_cls_deploy.py',
         'odbb_fmnist_qf_cls_fused.pth']
@@ -162,15 +163,15 @@ def test_a_drop_above_the_tolerance_writes_nothing(searched_qf, tmp_path,
     with pytest.raises(DeployError, match=r'points below fp32 .*'
                        r'--int8-tolerance 2\b.*nothing was written'):
         deploy(str(searched_qf['config']), searched_qf['checkpoint'],
-               str(out), num_images=1, int8=True, int8_tolerance=2.0,
-               calib_images=8)
+               str(out), VerifyOptions(num_images=1),
+               int8=Int8Options(tolerance=2.0, calib_images=8))
     # The folder is as it was: no fused checkpoint, SDK file or INT8 model.
     assert [p.name for p in out.iterdir()] == ['earlier.txt']
     # A new folder is not even created.
     with pytest.raises(DeployError, match='nothing was written'):
         deploy(str(searched_qf['config']), searched_qf['checkpoint'],
-               str(tmp_path / 'new'), num_images=1, int8=True,
-               int8_tolerance=2.0, calib_images=8)
+               str(tmp_path / 'new'), VerifyOptions(num_images=1),
+               int8=Int8Options(tolerance=2.0, calib_images=8))
     assert not (tmp_path / 'new').exists()
 
 

@@ -102,3 +102,25 @@ def test_rep_needs_only_torch():
             outside = {m for m in ours if not m.startswith('repnas_mm.rep')}
             assert outside <= {'repnas_mm', 'repnas_mm.atomic'}, (name,
                                                                   outside)
+
+
+FORM_FLAGS = ('online', 'quant_friendly')
+
+
+def test_nothing_outside_the_form_classes_branches_on_a_form():
+    """No code reads ``.online`` / ``.quant_friendly`` off an object, and
+    no condition tests those deprecated flags, except ``rep/forms.py``
+    (the one place that maps them to a form)."""
+    found = []
+    for name, path in _modules().items():
+        if name == 'repnas_mm.rep.forms':
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in FORM_FLAGS:
+                found.append(f'{name}:{node.lineno} .{node.attr}')
+            if isinstance(node, (ast.If, ast.IfExp, ast.While, ast.Assert)):
+                names = {n.id for n in ast.walk(node.test)
+                         if isinstance(n, ast.Name)}
+                if names & set(FORM_FLAGS):
+                    found.append(f'{name}:{node.lineno} tests a flag')
+    assert not found, found

@@ -10,7 +10,7 @@ from repnas_mm.models import ODBBNet
 from repnas_mm.models.loading import CheckpointMismatch, load_pretrained
 from repnas_mm.rep import ODBB, absorb, convert_to_odbb, grow
 from repnas_mm.rep.branches import legal_branches
-from repnas_mm.rep.online import INIT_SCALE
+from repnas_mm.rep.online import INIT_SCALE, OnlineODBB
 from repnas_mm.rep.surgery import bn_scale_ratio
 from repnas_mm.search import SearchSpace
 
@@ -86,8 +86,8 @@ def test_every_subset_composes_its_branches_and_fuses_exactly(
         for i, subset in enumerate(subsets):
             torch.manual_seed(i)
             block = randomize_online(
-                ODBB(cin, cout, K, stride, groups, subset,
-                     weight_sharing=weight_sharing, online=True), seed=i).eval()
+                OnlineODBB(cin, cout, K, stride, groups, subset,
+                     weight_sharing=weight_sharing), seed=i).eval()
             block.set_gates(torch.rand(len(block.branch_names)) + 0.5)
             x = torch.randn(2, cin, 9, 9)
             with torch.no_grad():
@@ -105,7 +105,7 @@ def test_every_subset_composes_its_branches_and_fuses_exactly(
 
 
 def test_initialisation_follows_orepa():
-    block = ODBB(8, 8, branches='full', weight_sharing=False, online=True)
+    block = OnlineODBB(8, 8, branches='full', weight_sharing=False)
     for name, branch in block.branches.items():
         assert torch.equal(branch.scale, torch.full((8, ), INIT_SCALE[name]))
     assert INIT_SCALE['kxk'] == 0.25 and INIT_SCALE['1x1'] == 1.0
@@ -135,7 +135,7 @@ def _saved_feature_map_bytes(block, x):
 def test_online_full_block_saves_what_a_plain_block_saves():
     torch.manual_seed(0)
     x = torch.randn(4, 16, 32, 32, requires_grad=True)
-    online = {p: ODBB(16, 16, branches=p, online=True).train()
+    online = {p: OnlineODBB(16, 16, branches=p).train()
               for p in ('plain', 'full')}
     offline = ODBB(16, 16, branches='full').train()
     plain = _saved_feature_map_bytes(online['plain'], x)
@@ -148,7 +148,7 @@ def test_online_full_block_saves_what_a_plain_block_saves():
 def tiny_online_net(**kwargs):
     arch = dict(stem_channels=8, channels=(8, 16, 24, 32),
                 num_blocks=(1, 2, 2, 1), strides=(2, 2, 1, 2))
-    return ODBBNet(arch, branches='full', online=True, **kwargs)
+    return ODBBNet(arch, branches='full', form='online', **kwargs)
 
 
 def test_gates_reach_alpha_through_the_composition():
@@ -190,7 +190,7 @@ def test_whole_online_network_fuses_and_loads_into_deploy(tmp_path):
     with torch.no_grad():
         assert_close_rel(fused(x)[-1], ref)
     # A multi-branch offline twin cannot take it: one line says why.
-    with pytest.raises(CheckpointMismatch, match='online=True'):
+    with pytest.raises(CheckpointMismatch, match="form='online'"):
         load_pretrained(ODBBNet(net.arch, branches='full'), str(path))
     online_twin = tiny_online_net()
     load_pretrained(online_twin, str(path))
@@ -207,7 +207,7 @@ def randomize_online_net(net):
 def test_growth_and_absorption_are_exact_online(names):
     torch.manual_seed(0)
     block = randomize_online(
-        ODBB(8, 8, 3, 1, 2, 'full', weight_sharing=False, online=True))
+        OnlineODBB(8, 8, 3, 1, 2, 'full', weight_sharing=False))
     block.active = ['kxk']
     off = torch.tensor([True, False] * 4)
     with torch.no_grad():
@@ -243,8 +243,8 @@ def test_conversion_to_online_blocks_keeps_outputs_and_fuses_back():
     with torch.no_grad():
         ref = model(x)
     stock = {k: v.clone() for k, v in model.state_dict().items()}
-    convert_to_odbb(model, x, branches='dbb', online=True)
-    assert all(b.online for b in model.modules() if isinstance(b, ODBB))
+    convert_to_odbb(model, x, branches='dbb', form='online')
+    assert all(b.form == 'online' for b in model.modules() if isinstance(b, ODBB))
     with torch.no_grad():
         assert_close_rel(model(x), ref)
     from repnas_mm.rep import reparameterize_model

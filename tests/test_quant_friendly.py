@@ -11,7 +11,7 @@ import torch
 import repnas_mm  # noqa: F401
 from repnas_mm.models import ODBBNet
 from repnas_mm.rep import ODBB, reparameterize_model
-from repnas_mm.rep.block import NORM_FREE
+from repnas_mm.rep.block import QuantFriendlyODBB
 from repnas_mm.rep.convert import convert_to_odbb
 from repnas_mm.rep.surgery import absorb, bn_scale_ratio, grow
 
@@ -22,7 +22,8 @@ DEMO_ARCH = dict(name='demo', stem_channels=16, channels=(16, 32, 64, 128),
 
 
 def test_which_branches_lose_their_bn_and_the_post_bn():
-    block = ODBB(8, 8, 3, branches='full', quant_friendly=True)
+    block = QuantFriendlyODBB(8, 8, 3, branches='full')
+    NORM_FREE = QuantFriendlyODBB.NORM_FREE
     assert NORM_FREE == ('1x1', '1xk', 'kx1', 'identity')
     for name, branch in block.branches.items():
         assert (branch.bn is None) == (name in NORM_FREE), name
@@ -32,17 +33,14 @@ def test_which_branches_lose_their_bn_and_the_post_bn():
     assert 'bn.weight' in keys and 'branches.kxk.bn.weight' in keys
     assert not any(k.startswith(('branches.1x1.bn', 'branches.identity.bn'))
                    for k in keys)
-    # The standard block has no post-BN; online and quant_friendly exclude
-    # each other.
+    # The standard block has no post-BN.
     assert ODBB(8, 8, 3, branches='full').bn is None
-    with pytest.raises(ValueError, match='do not combine'):
-        ODBB(8, 8, 3, online=True, quant_friendly=True)
 
 
 def test_a_bn_free_identity_passes_its_input_through():
     """QARepVGG's identity: exactly x in training and eval; a gate scales
     it; with a post-BN at identity statistics the block is x."""
-    block = ODBB(4, 4, 3, branches=['identity'], quant_friendly=True)
+    block = QuantFriendlyODBB(4, 4, 3, branches=['identity'])
     x = torch.randn(2, 4, 5, 5)
     assert torch.equal(block.branches['identity'](x), x)
     assert torch.equal(block.branches['identity'](x, gate=torch.tensor(.5)),
@@ -62,8 +60,8 @@ def test_gates_scale_the_bn_free_branches_and_fuse_exactly(weight_sharing):
                                    ['1x1_avg', 'identity']]):
         torch.manual_seed(seed)
         block = randomize_bn(
-            ODBB(8, 8, 3, 1, 2, subset, weight_sharing=weight_sharing,
-                 quant_friendly=True), seed)
+            QuantFriendlyODBB(8, 8, 3, 1, 2, subset,
+                              weight_sharing=weight_sharing), seed)
         gates = torch.rand(len(block.branch_names)) + 0.25
         x = torch.randn(2, 8, 7, 7)
         block.eval()
@@ -87,7 +85,7 @@ def test_gates_scale_the_bn_free_branches_and_fuse_exactly(weight_sharing):
 
 def test_gate_gradients_reach_every_active_branch():
     torch.manual_seed(0)
-    block = ODBB(8, 8, 3, branches='full', quant_friendly=True)
+    block = QuantFriendlyODBB(8, 8, 3, branches='full')
     gates = torch.ones(len(block.branch_names), requires_grad=True)
     block.set_gates(gates)
     block.active = ['1x1', 'kxk', 'identity', 'kx1']
@@ -101,8 +99,8 @@ def test_gate_gradients_reach_every_active_branch():
                                    ['1x1_kxk', 'kx1', '1x1_avg']])
 def test_dyrep_growth_and_absorption_are_exact(names):
     torch.manual_seed(0)
-    block = randomize_bn(ODBB(8, 8, 3, 1, 2, 'full', weight_sharing=False,
-                              quant_friendly=True))
+    block = randomize_bn(
+        QuantFriendlyODBB(8, 8, 3, 1, 2, 'full', weight_sharing=False))
     block.active = ['kxk']
     block.eval()
     x = torch.randn(2, 8, 9, 9)
@@ -133,8 +131,8 @@ def test_odbbnet_fuses_and_checkpoints_say_which_form():
     from repnas_mm.models.loading import CheckpointMismatch, load_pretrained
     torch.manual_seed(0)
     net = randomize_bn(ODBBNet(DEMO_ARCH, branches='full',
-                               quant_friendly=True))
-    assert all(b.quant_friendly for b in net.blocks())
+                               form='quant_friendly'))
+    assert all(b.form == 'quant_friendly' for b in net.blocks())
     net.eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -149,7 +147,7 @@ def test_odbbnet_fuses_and_checkpoints_say_which_form():
     with tempfile.TemporaryDirectory() as folder:
         path = f'{folder}/qf.pth'
         torch.save({'state_dict': net.state_dict()}, path)
-        with pytest.raises(CheckpointMismatch, match='quant_friendly=True'):
+        with pytest.raises(CheckpointMismatch, match="form='quant_friendly'"):
             load_pretrained(ODBBNet(DEMO_ARCH, branches='full'), path)
         load_pretrained(deploy, path)
     deploy.eval()
@@ -163,10 +161,10 @@ def test_stock_backbones_convert_to_quant_friendly_blocks_exactly():
     stock = randomize_bn(ResNet(18))
     stock.eval()  # (mmpretrain backbones' train() returns None)
     model = copy.deepcopy(stock)
-    converted = convert_to_odbb(model, quant_friendly=True)  # checks itself
+    converted = convert_to_odbb(model, form='quant_friendly')  # checks itself
     assert len(converted) == 17
     blocks = [m for m in model.modules() if isinstance(m, ODBB)]
-    assert all(b.quant_friendly and b.bn is not None for b in blocks)
+    assert all(b.form == 'quant_friendly' and b.bn is not None for b in blocks)
     x = torch.randn(2, 3, 64, 64)
     model.eval()
     for block in blocks[::4]:

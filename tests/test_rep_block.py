@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from repnas_mm.rep import BRANCH_NAMES, ODBB, reparameterize_model
+from repnas_mm.rep import BRANCH_NAMES, ODBB, build_odbb, reparameterize_model
 from repnas_mm.rep.branches import legal_branches
 
 from .equivalence import FP32_TOL, assert_close_rel, randomize_bn, rel_error
@@ -52,9 +52,9 @@ def test_every_subset_fuses_exactly(stride, groups, K, weight_sharing,
             subsets = [s for s in subsets if 'identity' in s]
         for i, subset in enumerate(subsets):
             torch.manual_seed(i)
-            block = ODBB(cin, cout, K, stride, groups, subset,
-                         weight_sharing=weight_sharing,
-                         quant_friendly=quant_friendly)
+            form = 'quant_friendly' if quant_friendly else 'standard'
+            block = build_odbb(cin, cout, K, stride, groups, subset,
+                               weight_sharing=weight_sharing, form=form)
             randomize_bn(block, seed=i)
             x = torch.randn(2, cin, 9, 9)
             ref, got = fused_vs_branches(block, x)

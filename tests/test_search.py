@@ -378,7 +378,7 @@ def test_real_short_search_writes_arch_and_figure(tmp_path, cifar10_tiny):
 def _search_cfg(tmp_path, probe, online=False):
     cfg = tmp_path / 'search_probe.py'
     cfg.write_text(
-        ("model = dict(backbone=dict(online=True))\n" if online else '') +
+        ("model = dict(backbone=dict(form='online'))\n" if online else '') +
         f"_base_ = '{SEARCH_CFG}'\n"
         "custom_imports = dict(imports=['repnas_mm', 'tests.probes'])\n"
         "custom_hooks = [dict(type='RepNASHook', budget=0.5, seed=0),\n"

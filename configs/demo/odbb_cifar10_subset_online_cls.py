@@ -2,4 +2,4 @@
 # (OREPA form): one conv + one BN per block in training (docs/online.md).
 _base_ = './odbb_cifar10_subset_cls.py'
 
-model = dict(backbone=dict(online=True))
+model = dict(backbone=dict(form='online'))

@@ -2,4 +2,4 @@
 # (QARepVGG's changes for the seven branches; docs/int8.md).
 _base_ = './odbb_cifar10_subset_cls.py'
 
-model = dict(backbone=dict(quant_friendly=True))
+model = dict(backbone=dict(form='quant_friendly'))

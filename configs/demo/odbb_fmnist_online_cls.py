@@ -2,4 +2,4 @@
 # conv + one BN per block in training, whatever branches it keeps (docs/online.md).
 _base_ = './odbb_fmnist_cls.py'
 
-model = dict(backbone=dict(online=True))
+model = dict(backbone=dict(form='online'))

@@ -2,4 +2,4 @@
 # for the seven branches; docs/int8.md). tools/benchmark_int8.py trains both forms alike.
 _base_ = './odbb_fmnist_cls.py'
 
-model = dict(backbone=dict(quant_friendly=True))
+model = dict(backbone=dict(form='quant_friendly'))

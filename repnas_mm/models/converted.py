@@ -3,11 +3,13 @@ import torch
 
 from repnas_mm.registry import MODEL_REGISTRIES
 from repnas_mm.rep.convert import convert_to_odbb
+from repnas_mm.rep.forms import resolve_form
 
 
 def build_converted(backbone: dict,
                     branches='dbb',
                     weight_sharing: bool = False,
+                    form: str = 'standard',
                     online: bool = False,
                     quant_friendly: bool = False,
                     input_size: int = 64):
@@ -18,8 +20,11 @@ def build_converted(backbone: dict,
     they did (only ``kxk`` active; DyRep grows the others). The module tree
     and key prefixes stay the backbone's own, so its pretrained weights load
     first (``init_cfg`` is applied before the conversion) and the fused model
-    loads into the stock backbone with ``strict=True``.
+    loads into the stock backbone with ``strict=True``. ``form`` is the
+    blocks' form (``online`` and ``quant_friendly``: its deprecated
+    aliases).
     """
+    form = resolve_form(form, online, quant_friendly, 'ODBBConverted')
     from mmengine.registry import MODELS, DefaultScope
     backbone = dict(backbone)
     if DefaultScope.get_current_instance() is None:  # outside a Runner
@@ -37,8 +42,7 @@ def build_converted(backbone: dict,
         torch.zeros(1, in_channels, input_size, input_size),
         branches=branches,
         weight_sharing=weight_sharing,
-        online=online,
-        quant_friendly=quant_friendly)
+        form=form)
     return model
 
 

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from repnas_mm.checkpoint import CheckpointError
 from repnas_mm.rep.block import ODBB
+from repnas_mm.rep.forms import forms_in_state
 
 
 class CheckpointMismatch(CheckpointError, ValueError):
@@ -31,10 +32,11 @@ def load_checked(module: nn.Module, state: dict, source: str,
     ``source`` names the checkpoint and ``target`` the model in the error.
     """
     own = module.state_dict()
-    # Checkpoints from before ODBBs saved their branch mask lack it; the
-    # block keeps the branches it was built with.
+    # Checkpoints from before ODBBs saved their branch mask and form lack
+    # them; the block keeps the branches it was built with.
+    optional = tuple('.' + key for key in ODBB.OPTIONAL)
     own = {k: v for k, v in own.items()
-           if k in state or not k.endswith('.' + ODBB.MASK)}
+           if k in state or not k.endswith(optional)}
     missing = [k for k in own if k not in state]
     if missing:
         raise CheckpointMismatch(
@@ -83,18 +85,15 @@ def load_pretrained(net: nn.Module,
             f'{checkpoint} holds a fused (deploy) network: it cannot '
             'initialise a multi-branch ODBBNet; build the backbone with '
             'deploy=True')
-    # Online blocks: branch scales and one BN; quantization-friendly
-    # blocks: branch BNs and one BN after the sum.
-    online = any(k.endswith('.scale') and '.branches.' in k for k in state)
-    quant_friendly = not online and any(
-        k.endswith('.conv.bn.weight') for k in state)
-    form = dict(online=online, quant_friendly=quant_friendly)
-    if not fused and not net.deploy and (online, quant_friendly) != (
-            net.online, net.quant_friendly):
+    forms = forms_in_state(state)
+    if len(forms) > 1:
+        raise CheckpointMismatch(f'{checkpoint} holds ODBBs of several forms '
+                                 f'({", ".join(sorted(forms))})')
+    form = forms.pop() if forms else net.form
+    if not fused and not net.deploy and form != net.form:
         raise CheckpointMismatch(
-            f'{checkpoint} holds ODBBs built with online={online}, '
-            f'quant_friendly={quant_friendly}: build the backbone so (or '
-            'with deploy=True)')
+            f"{checkpoint} holds ODBBs of form='{form}': build the backbone "
+            "so (or with deploy=True)")
     target = net
     if net.deploy and not fused:
         target = type(net)(
@@ -105,7 +104,7 @@ def load_pretrained(net: nn.Module,
             # A shared main kernel is stored on the ODBB itself, and so is
             # the one BN of an online or quantization-friendly block.
             weight_sharing=any(k.endswith('.conv.weight') for k in state),
-            **form)
+            form=form)
     unused = load_checked(target, state, checkpoint,
                           f'ODBBNet-{net.arch_name} with this architecture')
     if target is not net:

@@ -4,19 +4,23 @@ The block knows only which of its branches are active and, optionally, the
 gate value each branch output is multiplied by. Who decides those (a RepNAS
 search, DyRep, a fixed preset) is not the block's business: a search sets
 ``block.active`` and ``block.gates`` from outside every iteration.
+
+A block comes in one of three *forms*, each a class: :class:`ODBB` (the
+standard form), :class:`QuantFriendlyODBB` (here) and
+:class:`~.online.OnlineODBB`. They differ in how the branches are built,
+run and composed, never in what they fuse to; :mod:`.forms` chooses one by
+name. The form is saved with the weights (``branch_form``, as the branch
+mask is) and gone after fusion.
 """
 from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from .branches import (BRANCH_NAMES, Branch, NormLayer, build_branch,
                        fuse_conv_bn, new_kernel)
-from .online import OnlineBranch, build_online_branch
 from .presets import BranchSpec, canonical, resolve_branches
-from .refocus import RefConv
 from .transforms import KernelBias, add_branches
 
 #: The main branch: the KxK conv (+BN) a block replaces, and the one that
@@ -24,56 +28,26 @@ from .transforms import KernelBias, add_branches
 MAIN = 'kxk'
 # Branches whose conv kernel can be a centre crop of the main KxK kernel.
 SHAREABLE = ('1x1', 'kxk', '1x1_kxk', '1x1_avg', '1xk', 'kx1')
-#: The branches without a BN in the quantization-friendly form (see ODBB).
-NORM_FREE = ('1x1', '1xk', 'kx1', 'identity')
+#: Every block form by name, in the order of the codes saved in
+#: ``branch_form``.
+FORM_NAMES = ('standard', 'online', 'quant_friendly')
 
 
 class ODBB(nn.Module):
-    """Optimal diverse branch block (RepNAS Sec. 3.2).
+    """Optimal diverse branch block (RepNAS Sec. 3.2), the standard form.
 
     Replaces ``Conv2d(in, out, K, stride, K // 2, groups=groups, bias=False)
     + BN``; no activation. In training it is the sum of its active branches,
     each followed by its own BN; :meth:`kernel_bias` gives the one
-    equivalent KxK
-    conv, and :meth:`switch_to_deploy` turns the block into it.
+    equivalent KxK conv, and :meth:`switch_to_deploy` turns the block into
+    it.
 
-    Online (``online=True``, OREPA): the branches have per-channel scales
-    instead of BNs (:mod:`.online`), so the block is linear in training too;
-    every forward pass composes the active branches into one KxK kernel
-    (:meth:`kernel`) and runs one conv and one BN (``self.bn``) over the
-    feature map: about the cost of a plain conv whatever the branches.
-
-    Quantization-friendly (``quant_friendly=True``): QARepVGG's block
-    (Chu et al., AAAI'24) generalised to the seven branches. QARepVGG
-    traces RepVGG-A0's fall under post-training INT8 quantization (72.4 to
-    52.2 top-1) to outlier weights in the fused kernel and to activation
-    variance growing through the blocks. Our reading of where outliers come
-    from: a branch BN scales the part of the fused kernel its branch covers
-    by its own ``gamma / sigma``, so a few taps of some output channels get
-    values far from the rest of the kernel (wide per-channel ranges, coarse
-    INT8 steps). So:
-
-    - ``identity`` has no BN (QARepVGG): its BN's fused kernel is one tap,
-      ``gamma / sigma`` of the input channel, unbounded as that channel's
-      variance goes to 0; without it, the identity adds exactly 1 there.
-    - ``1x1`` has no BN (QARepVGG), and for the same reason neither have
-      ``1xk`` and ``kx1``: each adds to only part of the KxK support (the
-      centre, the middle row, the middle column), and a BN of its own
-      would rescale those taps independently of the rest of the kernel.
-      Without a BN they are plain convs whose kernels add to those taps.
-    - ``kxk``, ``1x1_kxk`` and ``1x1_avg`` keep their BNs: each covers the
-      whole KxK support, so its BN scales whole kernel rows (per output
-      channel) evenly, which per-channel weight quantization absorbs; and
-      the BNs are what make the two-layer branches more than a
-      re-parameterized KxK in training (DBB). QARepVGG keeps the KxK BN.
-    - one BN after the sum (``self.bn``, QARepVGG's post-BN) normalises the
-      block's output, bounding the variance the BN-free branches add.
-
-    A search gate multiplies a BN-free conv branch's kernel (no extra pass
-    over the feature map) and the BN-free identity's output; branches with
-    a BN take it in their BN as usual. Fusion is exact (the branches' sum,
-    then the post-BN folded in). Train with plain L2 weight decay (as every
-    config here does), as QARepVGG does.
+    A form is a subclass that sets :attr:`form` and what differs: the
+    branches without a BN of their own (:attr:`NORM_FREE`), one BN after
+    the sum (:attr:`POST_NORM`), or, for a form that composes kernels
+    instead of running branches, :meth:`_build_branch`,
+    :meth:`_forward_branches` and :meth:`_kernel_bias_branches`
+    (:class:`~.online.OnlineODBB`).
 
     Args:
         in_channels, out_channels (int): channels.
@@ -86,15 +60,20 @@ class ODBB(nn.Module):
         weight_sharing (bool): conv branches take their kernels from one main
             KxK kernel (RepNAS Eq. 5); each branch keeps its own BN (or,
             online, its own scale).
-        online (bool): the online form (see above).
-        quant_friendly (bool): the quantization-friendly form (see above);
-            the online form has no branch BNs at all, so the two do not
-            combine.
         deploy (bool): build the fused single conv directly (so that fused
             checkpoints load strictly).
         norm_layer: builds a BN from a channel count (the branches' BNs, and
-            the online and quantization-friendly blocks' one BN).
+            the one BN after the sum of the forms that have it).
     """
+
+    #: The form's name (:data:`FORM_NAMES`).
+    form = 'standard'
+    #: Branches built without a BN of their own.
+    NORM_FREE: tuple = ()
+    #: Whether one BN (``self.bn``) follows the sum of the branches.
+    POST_NORM = False
+    #: ``a`` of the kaiming-uniform initialisation of a shared main kernel.
+    kaiming_a = Branch.kaiming_a
 
     def __init__(self,
                  in_channels: int,
@@ -105,58 +84,53 @@ class ODBB(nn.Module):
                  branches: BranchSpec = 'full',
                  weight_sharing: bool = True,
                  deploy: bool = False,
-                 norm_layer: NormLayer = nn.BatchNorm2d,
-                 online: bool = False,
-                 quant_friendly: bool = False):
+                 norm_layer: NormLayer = nn.BatchNorm2d):
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f'kernel_size must be odd, got {kernel_size}')
         if in_channels % groups or out_channels % groups:
             raise ValueError(f'groups={groups} must divide in_channels='
                              f'{in_channels} and out_channels={out_channels}')
-        if online and quant_friendly:
-            raise ValueError('online=True and quant_friendly=True do not '
-                             'combine: online blocks have no branch BNs to '
-                             'remove (they already end in one BN)')
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
         self.stride = stride
         self.groups = groups
         self.weight_sharing = weight_sharing
-        self.online = online
-        self.quant_friendly = quant_friendly
         self.branch_names = resolve_branches(branches, in_channels,
                                              out_channels, stride)
         self._active = self.branch_names
         self.gates: Optional[Tensor] = None
         self.deploy = deploy
-        self.bn = None  # the online / quantization-friendly block's one BN
+        self.bn = None  # the one BN after the sum (POST_NORM)
         if deploy:
             self.fused_conv = self._make_fused_conv()
             self.register_buffer(self.MASK, None)
+            self.register_buffer(self.FORM, None)
             return
         self.fused_conv = None
         share = weight_sharing and any(n in SHAREABLE
                                        for n in self.branch_names)
-        if share:
-            # Initialised as the branches' own kernels are.
-            kind = OnlineBranch if online else Branch
-            self.weight = new_kernel(out_channels, in_channels // groups,
-                                     kernel_size, kernel_size, kind.kaiming_a)
-        else:
-            self.weight = None
-        branches = {}
-        for name in self.branch_names:
-            args = (name, in_channels, out_channels, kernel_size, stride,
-                    groups, share and name in SHAREABLE, norm_layer)
-            branches[name] = build_online_branch(*args) if online else \
-                build_branch(*args, norm=not (quant_friendly
-                                              and name in NORM_FREE))
-        self.branches = nn.ModuleDict(branches)
-        if online or quant_friendly:
+        # Initialised as the branches' own kernels are.
+        self.weight = new_kernel(out_channels, in_channels // groups,
+                                 kernel_size, kernel_size,
+                                 self.kaiming_a) if share else None
+        self.branches = nn.ModuleDict({
+            name: self._build_branch(name, share and name in SHAREABLE,
+                                     norm_layer)
+            for name in self.branch_names
+        })
+        if self.POST_NORM:
             self.bn = norm_layer(out_channels)
         self.register_buffer(self.MASK, self._mask())
+        self.register_buffer(self.FORM, self._form_code())
+
+    def _build_branch(self, name: str, shared: bool,
+                      norm_layer: NormLayer) -> Branch:
+        return build_branch(name, self.in_channels, self.out_channels,
+                            self.kernel_size, self.stride, self.groups,
+                            shared, norm_layer,
+                            norm=name not in self.NORM_FREE)
 
     def _make_fused_conv(self) -> nn.Conv2d:
         return nn.Conv2d(
@@ -195,12 +169,21 @@ class ODBB(nn.Module):
     # tools that clone them). It is written from ``active`` when saving and
     # read into ``active`` when loading; RepNASHook saves the searched
     # architecture in it (mid-search, ``active`` is only the last sampled
-    # mask). A fused block has none, so fused checkpoints are, tensor for
+    # mask). ``branch_form`` (uint8, the index of the form in FORM_NAMES)
+    # says which form the weights are of; a block refuses another form's.
+    # Checkpoints from before either existed load without them (strictly
+    # too). A fused block has neither, so fused checkpoints are, tensor for
     # tensor, RepVGG deploy's.
     MASK = 'branch_mask'
+    FORM = 'branch_form'
+    #: Tensors a checkpoint may lack (saved by this version, not before).
+    OPTIONAL = (MASK, FORM)
 
     def _mask(self) -> Tensor:
         return torch.tensor([n in self._active for n in BRANCH_NAMES])
+
+    def _form_code(self) -> Tensor:
+        return torch.tensor(FORM_NAMES.index(self.form), dtype=torch.uint8)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         if self.branch_mask is not None:
@@ -210,15 +193,27 @@ class ODBB(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata,
                               strict, missing_keys, unexpected_keys,
                               error_msgs):
+        code = state_dict.get(prefix + self.FORM)
+        if self.branch_form is not None and code is not None:
+            saved = FORM_NAMES[int(code)] if 0 <= int(code) < len(
+                FORM_NAMES) else f'unknown ({int(code)})'
+            if saved != self.form:
+                raise ValueError(f'{prefix or "the block"} holds weights of '
+                                 f'the {saved} form, this block is '
+                                 f'{self.form}')
         mask = state_dict.get(prefix + self.MASK)
         if self.branch_mask is not None and mask is not None and \
                 mask.shape == self.branch_mask.shape:
             # ValueError if it keeps a branch this block did not build.
             self.active = [n for n, keep in zip(BRANCH_NAMES, mask.tolist())
                            if keep]
+        before = len(missing_keys)
         super()._load_from_state_dict(state_dict, prefix, local_metadata,
                                       strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        optional = {prefix + key for key in self.OPTIONAL}
+        missing_keys[before:] = [k for k in missing_keys[before:]
+                                 if k not in optional]
 
     def set_gates(self, gates: Optional[Tensor]):
         """Multiply each branch output by a gate (or ``None``: by nothing).
@@ -232,20 +227,21 @@ class ODBB(nn.Module):
                              f'{tuple(gates.shape)}')
         self.gates = gates
 
+    def _gate(self, i: int) -> Optional[Tensor]:
+        return None if self.gates is None else self.gates[i]
+
     # -- training-time form ---------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         if self.fused_conv is not None:
             return self.fused_conv(x)
-        if self.online:
-            return self.bn(
-                F.conv2d(x, self.kernel(), None, self.stride,
-                         self.kernel_size // 2, 1, self.groups))
+        return self._forward_branches(x)
+
+    def _forward_branches(self, x: Tensor) -> Tensor:
         out = None
         for i, name in enumerate(self.branch_names):
             if name not in self._active:
                 continue  # pruned: neither run forward nor backward
-            gate = None if self.gates is None else self.gates[i]
-            y = self.branches[name](x, self.weight, gate)
+            y = self.branches[name](x, self.weight, self._gate(i))
             out = y if out is None else out + y
         return out if self.bn is None else self.bn(out)
 
@@ -260,42 +256,26 @@ class ODBB(nn.Module):
         """
         if self.fused_conv is not None:
             conv = self.fused_conv
-            if isinstance(conv, RefConv):  # its weight is the frozen base
-                return conv.kernel(), conv.bias
-            return conv.weight, conv.bias
-        if self.online:
-            return fuse_conv_bn(self.kernel(), self.bn)
+            # A conv with a kernel of its own making (a refocused conv,
+            # RefConv: its weight is the frozen base) says it by kernel().
+            kernel = getattr(conv, 'kernel', None)
+            return (kernel() if callable(kernel) else conv.weight), conv.bias
+        return self._kernel_bias_branches()
+
+    def _kernel_bias_branches(self) -> KernelBias:
         parts = []
         for i, name in enumerate(self.branch_names):
             if name not in self._active:
                 continue
             kernel, bias = self.branches[name].kernel_bias(self.weight)
-            if self.gates is not None:
-                kernel, bias = kernel * self.gates[i], bias * self.gates[i]
+            gate = self._gate(i)
+            if gate is not None:
+                kernel, bias = kernel * gate, bias * gate
             parts.append((kernel, bias))
         kernel, bias = add_branches(parts)
         if self.bn is None:
             return kernel, bias
         return fuse_conv_bn(kernel, self.bn, bias)  # the post-BN
-
-    def kernel(self) -> Tensor:
-        """Online form: the KxK kernel the block convolves with (before its
-        BN): the sum of the active branches' kernels.
-
-        A gate multiplies its branch's per-channel scale, so the gates'
-        gradients flow through the composition; inactive branches are not
-        composed at all.
-        """
-        if not self.online or self.fused_conv is not None:
-            raise RuntimeError('kernel() is the online multi-branch form\'s; '
-                               'use kernel_bias()')
-        total = None
-        for i, name in enumerate(self.branch_names):
-            if name in self._active:
-                gate = None if self.gates is None else self.gates[i]
-                kernel = self.branches[name].kernel(self.weight, gate)
-                total = kernel if total is None else total + kernel
-        return total
 
     def switch_to_deploy(self):
         """Replace the branches by one conv. Idempotent."""
@@ -309,18 +289,94 @@ class ODBB(nn.Module):
         del self.branches
         self.bn = None
         self.branch_mask = None
+        self.branch_form = None
         self.weight = None
         self.gates = None
         self.branch_names = self._active
         self.fused_conv = conv
         self.deploy = True
 
+    # -- a trained Conv+BN pair as the main branch (convert_to_odbb) -------
+    def load_stock(self, conv: nn.Conv2d, bn: nn.Module):
+        """Make the block compute ``bn(conv(x))`` with only its main branch
+        active: the ``kxk`` kernel takes the conv's, the BN's state goes to
+        the main branch's BN (or to the one BN after the sum, the main
+        branch's own output scale then made exactly 1:
+        :meth:`_neutral_main`).
+
+        A conv bias ``b`` is folded into the BN's running mean (``mean -
+        b``): exact in eval mode, and in training the batch mean absorbs
+        ``b`` anyway.
+        """
+        main = self.branches[MAIN]
+        with torch.no_grad():
+            (self.weight if self.weight is not None else main.weight).copy_(
+                conv.weight)
+        stats = bn.state_dict()  # a norm-act also holds its act's tensors
+        norm = main.bn if self.bn is None else self.bn
+        norm.load_state_dict({k: stats[k] for k in norm.state_dict()})
+        with torch.no_grad():
+            if conv.bias is not None:
+                norm.running_mean.sub_(conv.bias)
+            self._neutral_main()
+        self.active = [MAIN]
+
+    def _neutral_main(self):
+        """After :meth:`load_stock`: the main branch's own output scale made
+        exactly 1 in eval, for the forms whose one BN after the sum took the
+        stock BN (the standard form's main BN is the stock BN itself)."""
+
     def extra_repr(self):
         return (f'{self.in_channels}, {self.out_channels}, '
                 f'kernel_size={self.kernel_size}, stride={self.stride}, '
                 f'groups={self.groups}, branches={self.active}, '
-                f'weight_sharing={self.weight_sharing}, online={self.online}, '
-                f'quant_friendly={self.quant_friendly}, deploy={self.deploy}')
+                f'weight_sharing={self.weight_sharing}, form={self.form}, '
+                f'deploy={self.deploy}')
+
+
+class QuantFriendlyODBB(ODBB):
+    """The quantization-friendly form: QARepVGG's block (Chu et al.,
+    AAAI'24) generalised to the seven branches.
+
+    QARepVGG traces RepVGG-A0's fall under post-training INT8 quantization
+    (72.4 to 52.2 top-1) to outlier weights in the fused kernel and to
+    activation variance growing through the blocks. Our reading of where
+    outliers come from: a branch BN scales the part of the fused kernel its
+    branch covers by its own ``gamma / sigma``, so a few taps of some output
+    channels get values far from the rest of the kernel (wide per-channel
+    ranges, coarse INT8 steps). So (the mechanism is the two class
+    attributes):
+
+    - ``identity`` has no BN (QARepVGG): its BN's fused kernel is one tap,
+      ``gamma / sigma`` of the input channel, unbounded as that channel's
+      variance goes to 0; without it, the identity adds exactly 1 there.
+    - ``1x1`` has no BN (QARepVGG), and for the same reason neither have
+      ``1xk`` and ``kx1``: each adds to only part of the KxK support (the
+      centre, the middle row, the middle column), and a BN of its own
+      would rescale those taps independently of the rest of the kernel.
+      Without a BN they are plain convs whose kernels add to those taps.
+    - ``kxk``, ``1x1_kxk`` and ``1x1_avg`` keep their BNs: each covers the
+      whole KxK support, so its BN scales whole kernel rows (per output
+      channel) evenly, which per-channel weight quantization absorbs; and
+      the BNs are what make the two-layer branches more than a
+      re-parameterized KxK in training (DBB). QARepVGG keeps the KxK BN.
+    - one BN after the sum (``self.bn``, QARepVGG's post-BN) normalises the
+      block's output, bounding the variance the BN-free branches add.
+
+    A search gate multiplies a BN-free conv branch's kernel (no extra pass
+    over the feature map) and the BN-free identity's output; branches with
+    a BN take it in their BN as usual. Fusion is exact (the branches' sum,
+    then the post-BN folded in). Train with plain L2 weight decay (as every
+    config here does), as QARepVGG does.
+    """
+
+    form = 'quant_friendly'
+    NORM_FREE = ('1x1', '1xk', 'kx1', 'identity')
+    POST_NORM = True
+
+    def _neutral_main(self):
+        bn = self.branches[MAIN].bn  # sigma = 1 exactly: an identity
+        bn.running_var.fill_(1.0 - bn.eps)
 
 
 def named_odbbs(model: nn.Module,

@@ -1,7 +1,10 @@
 """The seven linear branches of an optimal diverse branch block (ODBB).
 
-Each branch is ``conv(s) + BN`` (or BN alone for ``identity``) and has two
-verbs:
+Every branch (:class:`Branch`, here and in :mod:`.online`) has an exact
+equivalent KxK conv, ``kernel_bias(weight=None)``, and a per-channel output
+scale, ``gamma()`` (what growing a branch sets, :mod:`.surgery`). The
+branches here are ``conv(s) + BN`` (or BN alone for ``identity``) and run on
+feature maps:
 
 - ``forward(x, weight=None, gate=None)``: its output, times ``gate`` if
   given. ``weight`` is the block's main KxK kernel; a branch built with
@@ -118,7 +121,11 @@ def new_kernel(out_channels, in_per_group, kh, kw,
 
 
 class Branch(nn.Module):
-    """Common arguments of every branch.
+    """What every branch has: its shape, its kernels, and the two verbs
+    ``kernel_bias(weight=None)`` and ``gamma()``.
+
+    Offline branches (here) also have ``forward(x, weight=None, gate=None)``;
+    online ones (:mod:`.online`) ``kernel(weight=None, gate=None)`` instead.
 
     Args:
         in_channels, out_channels, kernel_size, stride, groups: those of the
@@ -144,9 +151,15 @@ class Branch(nn.Module):
         self.stride = stride
         self.groups = groups
         self.shared = shared
+        self.bn = None  # the BN that ends the branch, if it has one
 
     #: ``a`` of the kaiming-uniform initialisation of the branch's kernels.
     kaiming_a = 5**0.5
+
+    def gamma(self) -> Optional[Tensor]:
+        """The per-channel scale of the branch output (its last BN's weight),
+        or None when it has none (a BN-free branch)."""
+        return None if self.bn is None else self.bn.weight
 
     def extra_repr(self):
         return f'shared={self.shared}'
@@ -180,12 +193,6 @@ class Branch(nn.Module):
         """``bn_1x1(u)`` padded for the KxK op that follows (exact borders)."""
         return pad_with_bn_of_zero(
             self.bn_1x1(u), self.bn_1x1, self.kernel_size // 2, u)
-
-    def forward(self,
-                x: Tensor,
-                weight: Optional[Tensor] = None,
-                gate: Optional[Tensor] = None) -> Tensor:
-        raise NotImplementedError
 
     def kernel_bias(self, weight: Optional[Tensor] = None) -> KernelBias:
         raise NotImplementedError

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .block import MAIN, ODBB
+from .forms import odbb_class, resolve_form
 from .outputs import (eval_outputs, probe_input, relative_error, tolerance,
                       trained_like_norms)
 from .pairs import find_conv_bn_pairs, trace_conv_bn_pairs
@@ -35,7 +36,7 @@ def _conv_refusal(conv: nn.Conv2d) -> Optional[str]:
     """Why ``conv`` is no plain KxK conv with ``K // 2`` zero padding (its
     own forward, e.g. not timm's Conv2dSame or a weight-standardized conv),
     or None. A bias is allowed: the BN that follows absorbs it
-    (:func:`_load_stock`)."""
+    (:meth:`~.block.ODBB.load_stock`)."""
     k, kind = conv.kernel_size, type(conv)
     if kind.forward is not nn.Conv2d.forward or \
             kind._conv_forward is not nn.Conv2d._conv_forward:
@@ -111,55 +112,24 @@ def _is_norm_then(bn: nn.Module, tail: Optional[nn.Module]) -> bool:
     return torch.allclose(expected, got, rtol=1e-5, atol=1e-6)
 
 
-def split_name(name: str):
-    parent, _, attr = name.rpartition('.')
-    return parent, attr
-
-
 @dataclass
 class _Swap:
     """One Conv+BN pair and the block that takes its place; reversible."""
+    model: nn.Module
     conv_name: str
     conv: nn.Conv2d
+    bn_name: str
     bn: nn.Module
     block: ODBB
     tail: nn.Module  # what stays in the BN's place: Identity or NormTail
-    conv_parent: nn.Module
-    conv_attr: str
-    bn_parent: nn.Module
-    bn_attr: str
 
     def apply(self):
-        setattr(self.conv_parent, self.conv_attr, self.block)
-        setattr(self.bn_parent, self.bn_attr, self.tail)
+        self.model.set_submodule(self.conv_name, self.block)
+        self.model.set_submodule(self.bn_name, self.tail)
 
     def undo(self):
-        setattr(self.conv_parent, self.conv_attr, self.conv)
-        setattr(self.bn_parent, self.bn_attr, self.bn)
-
-
-def _load_stock(block: ODBB, conv: nn.Conv2d, bn: nn.Module):
-    """The block's ``kxk`` branch (and, online or quantization-friendly,
-    its one BN) takes the conv's kernel and the BN's state, so that the
-    block computes ``bn(conv(x))``.
-
-    A conv bias ``b`` is folded into the BN's running mean (``mean - b``):
-    exact in eval mode, and in training the batch mean absorbs ``b`` anyway.
-    """
-    main = block.branches[MAIN]
-    with torch.no_grad():
-        (block.weight if block.weight is not None else main.weight).copy_(
-            conv.weight)
-    stats = bn.state_dict()  # a norm-act also holds its act's tensors
-    norm = main.bn if block.bn is None else block.bn
-    norm.load_state_dict({k: stats[k] for k in norm.state_dict()})
-    with torch.no_grad():
-        if conv.bias is not None:
-            norm.running_mean.sub_(conv.bias)
-        if block.online:
-            main.scale.fill_(1.0)
-        elif block.quant_friendly:  # sigma = 1 exactly: an identity in eval
-            main.bn.running_var.fill_(1.0 - main.bn.eps)
+        self.model.set_submodule(self.conv_name, self.conv)
+        self.model.set_submodule(self.bn_name, self.bn)
 
 
 class _ExactCheck:
@@ -225,6 +195,7 @@ def convert_to_odbb(model: nn.Module,
                     example: Optional[torch.Tensor] = None,
                     branches='dbb',
                     weight_sharing: bool = False,
+                    form: str = 'standard',
                     online: bool = False,
                     quant_friendly: bool = False) -> List[str]:
     """Replace the model's KxK Conv+BN pairs by ODBBs, in place.
@@ -258,80 +229,22 @@ def convert_to_odbb(model: nn.Module,
         weight_sharing: RepNAS Eq. 5 sharing. DyRep needs it off: growth
             and absorption adjust the main kernel, which shared branches
             would see too.
-        online: build online ODBBs (OREPA form): the BN becomes the block's
-            one BN, the conv the ``kxk`` kernel at scale 1.
-        quant_friendly: build quantization-friendly ODBBs (QARepVGG form):
-            the BN becomes the block's one BN after the sum, the ``kxk``
-            branch's own BN starts as the exact identity.
+        form: the ODBB form (:mod:`.forms`). Online (OREPA) and
+            quantization-friendly (QARepVGG) blocks take the BN as their one
+            BN after the sum, the conv as the ``kxk`` kernel at an output
+            scale of exactly 1.
+        online, quant_friendly: deprecated aliases of ``form``.
     """
+    form = resolve_form(form, online, quant_friendly, 'convert_to_odbb')
     if example is None:
         example = torch.zeros_like(probe_input(model))
     probe = probe_input(model, example)
     reference = eval_outputs(model, probe)
-    pairs, refused = trace_conv_bn_pairs(model, example)
-    reparameterizable = _self_reparameterizing(model)
-    skipped: Dict[str, List[str]] = {}  # why -> conv names
-    inside, swaps = [], []
-    for conv_name, bn_name in pairs:
-        conv = model.get_submodule(conv_name)
-        bn = model.get_submodule(bn_name)
-        if conv.kernel_size == (1, 1):
-            continue
-        if any(conv_name.startswith(p + '.') for p in reparameterizable):
-            inside.append(conv_name)  # its block's own fusion reads it
-            continue
-        why = _conv_refusal(conv)
-        split = None if why else _split_norm(bn)
-        if split is None:
-            why = why or f'{type(bn).__name__} is no linear BatchNorm'
-            skipped.setdefault(why, []).append(conv_name)
-            continue
-        norm_layer, tail = split
-        block = ODBB(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size[0],
-            conv.stride[0],
-            conv.groups,
-            branches=branches,
-            weight_sharing=weight_sharing,
-            norm_layer=norm_layer,
-            online=online,
-            quant_friendly=quant_friendly).to(conv.weight)  # device, dtype
-        if MAIN not in block.branch_names:
-            raise ValueError(f'branches {branches!r} lack the {MAIN!r} '
-                             'branch that holds the converted conv')
-        block.active = [MAIN]
-        conv_parent, conv_attr = split_name(conv_name)
-        bn_parent, bn_attr = split_name(bn_name)
-        swap = _Swap(conv_name, conv, bn, block,
-                     nn.Identity() if tail is None else tail,
-                     model.get_submodule(conv_parent), conv_attr,
-                     model.get_submodule(bn_parent), bn_attr)
-        # What restore_conv_bn needs to put the stock pair back.
-        block.stock_pair = dict(bn_parent=swap.bn_parent, bn_name=bn_attr,
-                                norm=bn, conv_bias=conv.bias is not None)
-        swaps.append(swap)
-
-    inexact = []
+    swaps, left_alone = _plan_swaps(model, example, odbb_class(form),
+                                    dict(branches=branches,
+                                         weight_sharing=weight_sharing))
     try:
-        with trained_like_norms(model, probe):
-            exact = _ExactCheck(model, probe)
-            for swap in swaps:
-                _load_stock(swap.block, swap.conv, swap.bn)
-                swap.apply()
-            if swaps and not exact(model):
-                # Find the culprits: one pair at a time, kept if exact.
-                for swap in reversed(swaps):
-                    swap.undo()
-                for swap in swaps:
-                    swap.apply()
-                    if not exact(model):
-                        swap.undo()
-                        inexact.append(swap.conv_name)
-                swaps = [s for s in swaps if s.conv_name not in inexact]
-        for swap in swaps:  # the BNs hold their own statistics again
-            _load_stock(swap.block, swap.conv, swap.bn)
+        swaps, inexact = _apply_exact(model, probe, swaps)
         if relative_error(eval_outputs(model, probe),
                           reference) > tolerance(probe.dtype):
             raise ValueError('convert_to_odbb changed the model\'s outputs')
@@ -339,14 +252,85 @@ def convert_to_odbb(model: nn.Module,
         for swap in reversed(swaps):
             swap.undo()
         raise
-    if refused:
-        _warn('no single BatchNorm reads their output alone', [
-            f'{conv} ({why})' for conv, why in refused.items()])
-    for why, names in skipped.items():
+    left_alone['converting them changed the outputs, or fusing them did'] = \
+        inexact
+    for why, names in left_alone.items():
         _warn(why, names)
-    _warn('inside blocks that re-parameterize themselves', inside)
-    _warn('converting them changed the outputs, or fusing them did', inexact)
     return [s.conv_name for s in swaps]
+
+
+def _plan_swaps(model: nn.Module, example: torch.Tensor, block_class,
+                block_args: dict):
+    """(one :class:`_Swap` per convertible pair, {why: conv names} of the
+    KxK convs left alone)."""
+    pairs, refused = trace_conv_bn_pairs(model, example)
+    reparameterizable = _self_reparameterizing(model)
+    left_alone: Dict[str, List[str]] = {}
+    if refused:
+        left_alone['no single BatchNorm reads their output alone'] = [
+            f'{conv} ({why})' for conv, why in refused.items()]
+    swaps = []
+    for conv_name, bn_name in pairs:
+        conv = model.get_submodule(conv_name)
+        bn = model.get_submodule(bn_name)
+        if conv.kernel_size == (1, 1):
+            continue
+        if any(conv_name.startswith(p + '.') for p in reparameterizable):
+            # its block's own fusion reads it
+            left_alone.setdefault(
+                'inside blocks that re-parameterize themselves',
+                []).append(conv_name)
+            continue
+        why = _conv_refusal(conv)
+        split = None if why else _split_norm(bn)
+        if split is None:
+            why = why or f'{type(bn).__name__} is no linear BatchNorm'
+            left_alone.setdefault(why, []).append(conv_name)
+            continue
+        norm_layer, tail = split
+        block = block_class(
+            conv.in_channels, conv.out_channels, conv.kernel_size[0],
+            conv.stride[0], conv.groups, norm_layer=norm_layer,
+            **block_args).to(conv.weight)  # device, dtype
+        if MAIN not in block.branch_names:
+            raise ValueError(f'branches {block_args["branches"]!r} lack the '
+                             f'{MAIN!r} branch that holds the converted '
+                             'conv')
+        block.active = [MAIN]
+        # What restore_conv_bn needs to put the stock pair back.
+        bn_parent, _, bn_attr = bn_name.rpartition('.')
+        block.stock_pair = dict(bn_parent=model.get_submodule(bn_parent),
+                                bn_name=bn_attr, norm=bn,
+                                conv_bias=conv.bias is not None)
+        swaps.append(_Swap(model, conv_name, conv, bn_name, bn, block,
+                           nn.Identity() if tail is None else tail))
+    return swaps, left_alone
+
+
+def _apply_exact(model: nn.Module, probe: torch.Tensor,
+                 swaps: List[_Swap]):
+    """Apply the swaps that keep the model (and its fusion) exact under
+    trained-like BN statistics: (applied swaps, conv names of the others).
+    The blocks end with the stock BNs' own statistics."""
+    inexact = []
+    with trained_like_norms(model, probe):
+        exact = _ExactCheck(model, probe)
+        for swap in swaps:
+            swap.block.load_stock(swap.conv, swap.bn)
+            swap.apply()
+        if swaps and not exact(model):
+            # Find the culprits: one pair at a time, kept if exact.
+            for swap in reversed(swaps):
+                swap.undo()
+            for swap in swaps:
+                swap.apply()
+                if not exact(model):
+                    swap.undo()
+                    inexact.append(swap.conv_name)
+            swaps = [s for s in swaps if s.conv_name not in inexact]
+    for swap in swaps:  # the BNs hold their own statistics again
+        swap.block.load_stock(swap.conv, swap.bn)
+    return swaps, inexact
 
 
 def _warn(reason: str, names: List[str]):

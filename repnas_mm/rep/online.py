@@ -1,14 +1,15 @@
-"""The seven ODBB branches in online form (OREPA, CVPR'22): linear in training.
+"""The online ODBB form (OREPA, CVPR'22): its seven branches and its block.
 
 An offline branch (:mod:`.branches`) ends in its own BN, so in training the
 block has to run every branch over the feature map. Here each branch's BN is
 replaced by a learnable per-channel scale, so every branch is a *linear*
 function of its input in training too, and equals one KxK conv. The block
-(``ODBB(..., online=True)``) sums the active branches' kernels every forward
-pass (kernel-sized tensors: cheap), runs ONE conv over the feature map and
-ONE BN after it; the composition is the fusion (:mod:`.transforms`).
+(:class:`OnlineODBB`, ``form='online'``) sums the active branches' kernels
+every forward pass (kernel-sized tensors: cheap), runs ONE conv over the
+feature map and ONE BN after it; the composition is the fusion
+(:mod:`.transforms`).
 
-A branch has one verb, ``kernel(weight=None, gate=None)``: its KxK kernel,
+A branch's own verb is ``kernel(weight=None, gate=None)``: its KxK kernel,
 scale (and a search gate) included, differentiable with respect to its
 parameters and the gate (``weight`` is the block's main kernel when the
 branch shares it, RepNAS Eq. 5). It has no bias: the block's BN supplies the
@@ -45,10 +46,12 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
-from .branches import Branch, check_identity
-from .transforms import (identity_kernel, merge_1x1_kxk_kernel,
+from .block import MAIN, ODBB
+from .branches import Branch, check_identity, fuse_conv_bn
+from .transforms import (KernelBias, identity_kernel, merge_1x1_kxk_kernel,
                          pad_to_kernel_size)
 
 #: Initial per-channel scale of each branch (see the module docstring).
@@ -65,7 +68,8 @@ INIT_SCALE = {
 
 class OnlineBranch(Branch):
     """An online branch: a KxK kernel times a per-channel scale; no BN, no
-    bias."""
+    bias. It does not run on feature maps: its block convolves with the
+    summed kernels."""
 
     kaiming_a = 0.0  # OREPA's
     name = None
@@ -94,9 +98,9 @@ class OnlineBranch(Branch):
         kernel = self.kernel(weight)
         return kernel, kernel.new_zeros(self.out_channels)
 
-    def forward(self, x, weight=None, gate=None):
-        raise TypeError('an online branch does not run on feature maps: its '
-                        'block convolves with the summed kernels')
+    def gamma(self) -> Tensor:
+        """The per-channel scale (what a BN's weight is offline)."""
+        return self.scale
 
     def reset_parameters(self):
         super().reset_parameters()
@@ -240,3 +244,53 @@ def build_online_branch(name: str, in_channels: int, out_channels: int,
     if name not in kinds:
         raise ValueError(f'unknown branch {name!r}')
     return kinds[name](*args)
+
+
+class OnlineODBB(ODBB):
+    """The online form of the ODBB (OREPA): linear in training too.
+
+    The branches have per-channel scales instead of BNs (the branches
+    above), so every forward pass composes the active branches into one KxK
+    kernel (:meth:`kernel`) and runs one conv and one BN (``self.bn``) over
+    the feature map: about the cost of a plain conv whatever the branches.
+    Fuses to the same conv as the other forms.
+    """
+
+    form = 'online'
+    POST_NORM = True
+    kaiming_a = OnlineBranch.kaiming_a
+
+    def _build_branch(self, name, shared, norm_layer):
+        return build_online_branch(name, self.in_channels, self.out_channels,
+                                   self.kernel_size, self.stride, self.groups,
+                                   shared)
+
+    def _forward_branches(self, x: Tensor) -> Tensor:
+        return self.bn(
+            F.conv2d(x, self.kernel(), None, self.stride,
+                     self.kernel_size // 2, 1, self.groups))
+
+    def _kernel_bias_branches(self) -> KernelBias:
+        return fuse_conv_bn(self.kernel(), self.bn)
+
+    def kernel(self) -> Tensor:
+        """The KxK kernel the block convolves with (before its BN): the sum
+        of the active branches' kernels.
+
+        A gate multiplies its branch's per-channel scale, so the gates'
+        gradients flow through the composition; inactive branches are not
+        composed at all.
+        """
+        if self.fused_conv is not None:
+            raise RuntimeError('kernel() is the multi-branch block\'s; a '
+                               'fused block has kernel_bias()')
+        total = None
+        for i, name in enumerate(self.branch_names):
+            if name in self._active:
+                kernel = self.branches[name].kernel(self.weight,
+                                                    self._gate(i))
+                total = kernel if total is None else total + kernel
+        return total
+
+    def _neutral_main(self):
+        self.branches[MAIN].scale.fill_(1.0)

@@ -138,10 +138,9 @@ def convert_to_refconv(model: nn.Module,
     probe = probe_input(model, example)
     before = eval_outputs(model, probe)
     for name in names:
-        parent, _, attr = name.rpartition('.')
-        conv = model.get_submodule(name)
-        setattr(model.get_submodule(parent), attr,
-                RefConv.from_conv(conv, map_kernel_size))
+        model.set_submodule(
+            name, RefConv.from_conv(model.get_submodule(name),
+                                    map_kernel_size))
     if not outputs_match(eval_outputs(model, probe), before, rtol=1e-5,
                          atol=1e-6):
         raise ValueError('convert_to_refconv changed the model\'s outputs')

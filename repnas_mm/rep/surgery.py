@@ -6,7 +6,7 @@ active block without changing its eval-mode function: a branch's exact
 Pure PyTorch: nothing here knows about saliency or schedules (that is
 ``repnas_mm.search.dyrep``).
 """
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 
@@ -17,17 +17,17 @@ def _shift_main(block: ODBB, kernel: torch.Tensor, bias: torch.Tensor,
                 sign: float):
     """Add ``sign * (kernel, bias)`` to the main branch's function.
 
-    The main branch computes ``(W * x - mean) * gamma / std + beta``, or
-    online ``scale * (W * x)`` (no bias in any online branch: ``gamma`` is
-    the scale, ``std`` 1). A channel with ``gamma == 0`` (a zero-initialised
-    residual BN) cannot take a kernel through ``W``; where one must be added
-    there, the channel is first switched on with ``gamma = 1``, ``W = 0``
-    and (offline) ``beta`` raised by ``mean / std``, which leaves its output
-    as it was.
+    The main branch computes ``(W * x - mean) * gamma / std + beta``, or,
+    without a BN, ``gamma * (W * x)`` (online: ``gamma`` is the branch's
+    scale, no bias in any online branch; ``std`` 1). A channel with
+    ``gamma == 0`` (a zero-initialised residual BN) cannot take a kernel
+    through ``W``; where one must be added there, the channel is first
+    switched on with ``gamma = 1``, ``W = 0`` and (with a BN) ``beta``
+    raised by ``mean / std``, which leaves its output as it was.
     """
     main = block.branches[MAIN]
-    gamma = _gamma(block, MAIN)
-    bn = None if block.online else main.bn
+    gamma = main.gamma()
+    bn = main.bn
     with torch.no_grad():
         std = 1.0 if bn is None else torch.sqrt(bn.running_var + bn.eps)
         off = (gamma == 0) & (kernel.flatten(1).abs().sum(1) > 0)
@@ -66,11 +66,11 @@ def grow(block: ODBB, names: Sequence[str], bn_scale: float = 0.01):
     scale, whole.
     """
     new = [n for n in names if n not in block.active]
-    off = _gamma(block, MAIN).detach() == 0
+    off = block.branches[MAIN].gamma().detach() == 0
     for name in new:
         _check(block, name)
         branch = block.branches[name]
-        gamma = _gamma(block, name)
+        gamma = branch.gamma()
         with torch.no_grad():
             if gamma is not None:
                 gamma.fill_(bn_scale)
@@ -78,7 +78,7 @@ def grow(block: ODBB, names: Sequence[str], bn_scale: float = 0.01):
             elif getattr(branch, 'weight', None) is not None:
                 branch.weight.mul_(bn_scale)  # BN-free: the kernel scales
                 branch.weight[off] = 0.0
-            if getattr(branch, 'bn', None) is not None:
+            if branch.bn is not None:
                 branch.bn.bias.zero_()
         kernel, bias = branch.kernel_bias()
         _shift_main(block, kernel.detach(), bias.detach(), -1.0)
@@ -105,33 +105,24 @@ def absorb(block: ODBB, names: Sequence[str]):
     return released
 
 
-def _gamma(block: ODBB, name: str) -> Optional[torch.Tensor]:
-    """The per-channel output scale of a branch: its BN's weight, its
-    online scale, or ``None`` (a BN-free branch)."""
-    branch = block.branches[name]
-    if block.online:
-        return branch.scale
-    return None if branch.bn is None else branch.bn.weight
-
-
 def bn_scale_ratio(block: ODBB, name: str) -> float:
     """mean |BN weight| of a branch over that of the main branch.
 
-    Online branches and BN-free ones (quantization-friendly block) have no
-    BN to read the output scale from (a branch's kernel grows freely): the
-    ratio is that of the mean per-channel norms of the branches' kernels
-    (online: scaled; offline: BN fused), what the BN weights measure.
+    Where either branch has no BN (online branches; BN-free ones of the
+    quantization-friendly form), nothing reads the output scale off a BN
+    (a branch's kernel grows freely): the ratio is that of the mean
+    per-channel norms of the branches' kernels (BN fused, or scaled),
+    what the BN weights measure.
     """
-    if block.online or _gamma(block, name) is None:
-        def size(n):
-            branch = block.branches[n]
-            kernel = branch.kernel(block.weight) if block.online else \
-                branch.kernel_bias(block.weight)[0]
+    branch, main = block.branches[name], block.branches[MAIN]
+    if branch.bn is None or main.bn is None:
+        def size(b):
+            kernel = b.kernel_bias(block.weight)[0]
             return kernel.detach().flatten(1).norm(dim=1).mean()
-        return float(size(name) / size(MAIN).clamp_min(1e-12))
-    main = block.branches[MAIN].bn.weight.detach().abs().mean()
-    other = block.branches[name].bn.weight.detach().abs().mean()
-    return float(other / main.clamp_min(1e-12))
+        return float(size(branch) / size(main).clamp_min(1e-12))
+    ratio = branch.bn.weight.detach().abs().mean() / \
+        main.bn.weight.detach().abs().mean().clamp_min(1e-12)
+    return float(ratio)
 
 
 __all__ = ['absorb', 'bn_scale_ratio', 'grow']

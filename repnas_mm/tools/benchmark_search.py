@@ -44,14 +44,14 @@ from repnas_mm.search import SearchSpace
 from repnas_mm.search.optim import JointOptimizer
 
 
-#: name -> (branches, searched, online)
+#: name -> (branches, searched, block form)
 CONFIGS = {
-    'plain': ('plain', False, False),
-    'repvgg': ('repvgg', False, False),
-    'search': ('full', True, False),
-    'search online': ('full', True, True),
-    'full': ('full', False, False),
-    'full online': ('full', False, True),
+    'plain': ('plain', False, 'standard'),
+    'repvgg': ('repvgg', False, 'standard'),
+    'search': ('full', True, 'standard'),
+    'search online': ('full', True, 'online'),
+    'full': ('full', False, 'standard'),
+    'full online': ('full', False, 'online'),
 }
 
 
@@ -78,9 +78,9 @@ def parse_args(argv=None):
 class Net(nn.Module):
     """Backbone + global pooling + a linear head (a classifier's step)."""
 
-    def __init__(self, arch, branches, online=False):
+    def __init__(self, arch, branches, form='standard'):
         super().__init__()
-        self.backbone = ODBBNet(arch, branches=branches, online=online)
+        self.backbone = ODBBNet(arch, branches=branches, form=form)
         channels = self.backbone.arch['channels'][-1]
         self.head = nn.Linear(channels, 1000)
 
@@ -96,9 +96,9 @@ class Setup:
     """One configuration: its model, optimizer and (for searches) space."""
 
     def __init__(self, name, args, device):
-        branches, searched, online = CONFIGS[name]
+        branches, searched, form = CONFIGS[name]
         torch.manual_seed(0)
-        self.model = Net(args.arch, branches, online).to(device).train()
+        self.model = Net(args.arch, branches, form).to(device).train()
         self.space = None
         weights = sgd(self.model.parameters())
         if searched:

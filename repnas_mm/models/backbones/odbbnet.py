@@ -8,8 +8,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from repnas_mm.errors import UserError
 from repnas_mm.registry import register_model
-from repnas_mm.rep import ODBB, named_odbbs
+from repnas_mm.rep import ODBB, build_odbb, named_odbbs
 from repnas_mm.rep.arch import branches_per_block
+from repnas_mm.rep.forms import resolve_form
 
 from ..loading import load_pretrained
 
@@ -53,15 +54,16 @@ class ODBBNet(BaseBackbone):
             legal branches).
         kernel_size (int): K of every block (odd).
         weight_sharing (bool): RepNAS Eq. 5 weight sharing inside blocks.
-        online (bool): online re-parameterization (OREPA): every block
-            composes its branches into one kernel each forward pass and runs
-            one conv + one BN (branch BNs become per-channel scales), so a
-            training step costs about a plain network's. Fuses to the same
-            deploy network.
-        quant_friendly (bool): quantization-friendly blocks (QARepVGG's
-            changes for the seven branches: no BN on ``identity``, ``1x1``,
-            ``1xk``, ``kx1``, one BN after the sum; see :class:`ODBB`), for
-            networks shipped in INT8. Fuses to the same deploy network.
+        form (str): the blocks' form (all fuse to the same deploy network):
+            ``'standard'``; ``'online'`` (OREPA, :class:`OnlineODBB`): every
+            block composes its branches into one kernel each forward pass
+            and runs one conv + one BN (branch BNs become per-channel
+            scales), so a training step costs about a plain network's;
+            ``'quant_friendly'`` (QARepVGG's changes for the seven branches,
+            :class:`QuantFriendlyODBB`: no BN on ``identity``, ``1x1``,
+            ``1xk``, ``kx1``, one BN after the sum), for networks shipped
+            in INT8.
+        online, quant_friendly (bool): deprecated aliases of ``form``.
         out_indices (Sequence[int]): stages whose outputs are returned.
         frozen_stages (int): freeze the stem (0) and the first stages.
         norm_eval (bool): keep BN layers in eval mode during training.
@@ -108,6 +110,7 @@ class ODBBNet(BaseBackbone):
                  branches='full',
                  kernel_size: int = 3,
                  weight_sharing: bool = True,
+                 form: str = 'standard',
                  online: bool = False,
                  quant_friendly: bool = False,
                  out_indices: Sequence[int] = (-1, ),
@@ -120,8 +123,7 @@ class ODBBNet(BaseBackbone):
         self.arch_name, self.arch = self._parse_arch(arch)
         self.kernel_size = kernel_size
         self.weight_sharing = weight_sharing
-        self.online = online
-        self.quant_friendly = quant_friendly
+        self.form = resolve_form(form, online, quant_friendly)
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
@@ -132,7 +134,7 @@ class ODBBNet(BaseBackbone):
         specs = self._block_branches(branches, shapes)
         layers = iter(
             ODBBLayer(cin, cout, kernel_size, stride, groups, spec,
-                      weight_sharing, deploy, online, quant_friendly)
+                      weight_sharing, deploy, self.form)
             for (cin, cout, stride, groups), spec in zip(shapes, specs))
         self.stem = next(layers)
         self.stages = []
@@ -264,15 +266,17 @@ class ODBBNet(BaseBackbone):
 
 
 class ODBBLayer(nn.Module):
-    """An ODBB followed by ReLU: one layer of ODBBNet."""
+    """An ODBB (of ``form``, :mod:`repnas_mm.rep.forms`) followed by ReLU:
+    one layer of ODBBNet."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride, groups,
-                 branches, weight_sharing, deploy, online=False,
-                 quant_friendly=False):
+                 branches, weight_sharing, deploy, form='standard',
+                 online=False, quant_friendly=False):
         super().__init__()
-        self.conv = ODBB(in_channels, out_channels, kernel_size, stride,
-                         groups, branches, weight_sharing, deploy,
-                         online=online, quant_friendly=quant_friendly)
+        form = resolve_form(form, online, quant_friendly, 'ODBBLayer')
+        self.conv = build_odbb(in_channels, out_channels, kernel_size,
+                               stride, groups, branches, weight_sharing,
+                               deploy, form=form)
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x):
