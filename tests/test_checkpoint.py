@@ -255,3 +255,31 @@ def test_unreadable_files_are_one_clear_error(tmp_path):
                            match=f'cannot read checkpoint .*{name}'):
             load_checkpoint_safely(str(path))
     assert set(load_checkpoint_safely(str(whole))) == {'state_dict'}
+
+
+def test_one_reader_of_the_architecture_a_run_recorded(tmp_path):
+    """RepNAS and DyRep checkpoints record the kept branches differently;
+    ``recorded_architecture`` reads both into one format, and an ODBBNet
+    builds from either file."""
+    from repnas_mm.checkpoint import (architecture_in_checkpoint,
+                                      kept_branches, recorded_architecture)
+    from repnas_mm.models import ODBBNet
+    arch = dict(stem_channels=8, channels=(8, 16), num_blocks=(1, 1),
+                strides=(2, 2))
+    kept = {'stem.conv': ['kxk'], 'stage_1.0.conv': ['1x1', 'kxk'],
+            'stage_2.0.conv': ['kxk', '1x1_avg']}
+    repnas = {'repnas': {'architecture': {'arch': None, 'blocks': [
+        dict(name=n, branches=b, alpha={}) for n, b in kept.items()]}}}
+    dyrep = {'dyrep': {'structure': [[n, b] for n, b in kept.items()]}}
+    for name, ckpt in (('repnas', repnas), ('dyrep', dyrep)):
+        assert kept_branches(ckpt) == kept, name
+        path = tmp_path / f'{name}.pth'
+        torch.save(ckpt, path)
+        assert architecture_in_checkpoint(path) == recorded_architecture(ckpt)
+        net = ODBBNet(arch, branches=str(path))
+        assert [list(b.branch_names) for b in net.blocks()] == list(
+            kept.values()), name
+    assert kept_branches({'state_dict': {}}) is None
+    torch.save({'state_dict': {}}, tmp_path / 'plain.pth')
+    with pytest.raises(ValueError, match='plain.pth carries no searched'):
+        architecture_in_checkpoint(tmp_path / 'plain.pth')

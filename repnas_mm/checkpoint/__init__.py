@@ -1,7 +1,8 @@
 """Checkpoints that load without running their code, under torch >= 2.6.
 
 ``encoding`` (plain data), ``loading`` (safe reads, the opt-in, the
-errors), ``schemes`` (mmengine's URL schemes), ``hook`` (writing).
+errors), ``schemes`` (mmengine's URL schemes), ``hook`` (writing),
+``architecture`` (the branches a run kept, read from its checkpoint).
 
 Two halves:
 
@@ -29,11 +30,14 @@ from .hook import SafeCheckpointHook
 from .loading import (CONFIG_KEY, ENV_VAR, CheckpointError,
                       UnsafeCheckpointError, allow_unsafe_checkpoints,
                       load_checkpoint_safely, unsafe_allowed)
-from .schemes import architecture_in_checkpoint, install_loaders
+from .architecture import (architecture_in_checkpoint, kept_branches,
+                           recorded_architecture)
+from .schemes import install_loaders
 
 __all__ = [
     'CONFIG_KEY', 'ENV_VAR', 'CheckpointError', 'SafeCheckpointHook',
     'UnsafeCheckpointError', 'allow_unsafe_checkpoints',
     'architecture_in_checkpoint', 'decode_plain', 'encode_plain',
-    'install_loaders', 'load_checkpoint_safely', 'unsafe_allowed'
+    'install_loaders', 'kept_branches', 'load_checkpoint_safely',
+    'recorded_architecture', 'unsafe_allowed'
 ]

@@ -101,20 +101,3 @@ def install_loaders():
     for prefixes, loader in SCHEMES.items():
         prefixes = list(prefixes) if isinstance(prefixes, tuple) else prefixes
         CheckpointLoader.register_scheme(prefixes, loader, force=True)
-
-
-def architecture_in_checkpoint(filename) -> dict:
-    """The searched architecture a RepNAS checkpoint carries (plain data).
-
-    Raises ``ValueError`` naming the file when it carries none (it was not
-    written by a run with ``RepNASHook``).
-    """
-    checkpoint = CheckpointLoader.load_checkpoint(
-        str(filename), map_location='cpu', logger='current')
-    arch = (checkpoint.get('repnas') or {}).get('architecture') if isinstance(
-        checkpoint, dict) else None
-    if arch is None:
-        raise ValueError(f'{filename} carries no searched architecture (it '
-                         'was not written by a RepNASHook run); pass its '
-                         'searched_arch.json instead')
-    return arch

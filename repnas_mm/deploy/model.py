@@ -9,6 +9,7 @@ import os.path as osp
 
 import torch.nn as nn
 
+from repnas_mm.checkpoint import kept_branches
 from repnas_mm.errors import UserError
 from repnas_mm.models.loading import holds_fused, load_checked
 from repnas_mm.rep import RefConv, named_odbbs, reparameterize_model
@@ -48,17 +49,6 @@ def is_fused(model: nn.Module) -> bool:
     return not named_odbbs(model, fused=False)
 
 
-def saved_structure(checkpoint: dict):
-    """{block name: kept branches} a RepNAS or DyRep checkpoint carries."""
-    arch = (checkpoint.get('repnas') or {}).get('architecture')
-    if arch is not None:
-        return {b['name']: b['branches'] for b in arch['blocks']}
-    dyrep = checkpoint.get('dyrep')
-    if dyrep is not None:
-        return dict(dyrep['structure'])
-    return None
-
-
 def _apply_structure(model, structure: dict) -> int:
     """Keep only the branches a search (or DyRep) left in every block."""
     named = named_odbbs(model)
@@ -96,7 +86,7 @@ def load_for_deploy(cfg, checkpoint: str):
     # The searched structure a RepNAS or DyRep run recorded beside the
     # weights has the last word (the blocks' saved branch masks say the
     # same in checkpoints of this version; older ones have none).
-    structure = None if info['already_fused'] else saved_structure(loaded)
+    structure = None if info['already_fused'] else kept_branches(loaded)
     if structure is not None:
         info['searched_branches'] = _apply_structure(model, structure)
     info['meta'] = loaded.get('meta', {})

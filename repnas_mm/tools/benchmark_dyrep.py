@@ -20,8 +20,8 @@ from mmengine.config import DictAction
 import repnas_mm  # noqa: F401
 from repnas_mm.benchmark import (cuda_peak_mib, describe_device,
                                  markdown_table, time_round_robin)
+from repnas_mm.checkpoint import kept_branches
 from repnas_mm.deploy import DeployError
-from repnas_mm.deploy.model import saved_structure
 from repnas_mm.deploy.model import build_model_unchecked
 from repnas_mm.config import read_config
 from repnas_mm.runner import run_tool
@@ -43,7 +43,7 @@ def parse_args(argv=None):
 
 def models_to_time(cfg, checkpoint):
     from mmengine.runner.checkpoint import CheckpointLoader
-    structure = saved_structure(
+    structure = kept_branches(
         CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu'))
     if structure is None:
         raise DeployError(f'{checkpoint} carries no DyRep structure')
