@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import repnas_mm  # noqa: F401
-from repnas_mm.deploy import deploy
+from repnas_mm.deploy import ExportOptions, VerifyOptions, deploy
 from repnas_mm.deploy.model import build_model
 from repnas_mm.rep import random_architecture
 from repnas_mm.rep.arch import Architecture, save_arch
@@ -71,8 +71,8 @@ def test_classifier_deploy_exports_through_mmdeploy(tmp_path, cifar10_tiny,
                                                     searched, deploy_cfg):
     ckpt = trained_checkpoint(A0_CFG, tmp_path / 'a0.pth', searched)
     result = deploy(str(A0_CFG), str(ckpt), str(tmp_path / 'out'),
-                    images=val_images(cifar10_tiny), num_images=2, onnx=True,
-                    deploy_cfg=deploy_cfg and str(DEPLOY_CFGS / deploy_cfg))
+                    VerifyOptions(val_images(cifar10_tiny), 2),
+                    export=ExportOptions(deploy_cfg and str(DEPLOY_CFGS / deploy_cfg)))
     assert result['images'] == 2 and result['fused_error'] <= 1e-4
     # mmdeploy's ONNX Runtime backend and its SDK, on the real images.
     assert result['onnxruntime_error'] <= 1e-3
@@ -108,7 +108,7 @@ def test_detector_deploy_exports_through_mmdeploy(tmp_path, coco8):
                    "init_cfg=None))\n")
     ckpt = trained_checkpoint(cfg, tmp_path / 'det.pth')
     result = deploy(str(cfg), str(ckpt), str(tmp_path / 'out'),
-                    images=[str(coco8 / 'val')], num_images=2, onnx=True)
+                    VerifyOptions([str(coco8 / 'val')], 2), export=True)
     assert result['fused_error'] <= 1e-4
     # Top-10 detections: same labels, boxes and scores within 1e-3.
     assert result['onnxruntime_error'] <= 1e-3
@@ -177,7 +177,7 @@ def test_mmpretrain_repvgg_format_loads_strictly_into_stock_repvgg(
     from mmpretrain.registry import MODELS
     ckpt = trained_checkpoint(A0_CFG, tmp_path / 'a0.pth', searched=True)
     result = deploy(str(A0_CFG), str(ckpt), str(tmp_path / 'out'),
-                    images=val_images(cifar10_tiny), num_images=2,
+                    VerifyOptions(val_images(cifar10_tiny), 2),
                     fmt='mmpretrain-repvgg')
     assert result['repvgg_error'] <= 1e-5
     cfg = Config.fromfile(result['repvgg_config'])
@@ -306,8 +306,8 @@ def test_failed_checks_leave_nothing_behind(tmp_path, cifar10_tiny):
     from repnas_mm.deploy import DeployError
     # Verification fails (an impossible tolerance): nothing is written.
     with pytest.raises(DeployError, match='nothing was written'):
-        deploy(str(A0_CFG), str(ckpt), str(tmp_path / 'a'), images=images,
-               num_images=1, tolerance=0.0)
+        deploy(str(A0_CFG), str(ckpt), str(tmp_path / 'a'),
+               VerifyOptions(images, 1, tolerance=0.0))
     assert not (tmp_path / 'a').exists() or not any(
         (tmp_path / 'a').iterdir())
     # The mmdeploy export disagrees: a deployment is written whole or not
@@ -319,18 +319,18 @@ def test_failed_checks_leave_nothing_behind(tmp_path, cifar10_tiny):
     try:
         with pytest.raises(DeployError, match='nothing was written'):
             deploy(str(A0_CFG), str(ckpt), str(tmp_path / 'b'),
-                   images=images, num_images=1, onnx=True)
+                   VerifyOptions(images, 1), export=True)
     finally:
         mmdeploy_export.compare = real
     assert not (tmp_path / 'b').exists()
     out = tmp_path / 'c'
-    deploy(str(A0_CFG), str(ckpt), str(out), images=images, num_images=1)
+    deploy(str(A0_CFG), str(ckpt), str(out), VerifyOptions(images, 1))
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     mmdeploy_export.compare = lambda *a: dict(onnxruntime=0.0, sdk=0.5)
     try:
         with pytest.raises(DeployError, match='nothing was written'):
-            deploy(str(A0_CFG), str(ckpt), str(out), images=images,
-                   num_images=1, onnx=True)
+            deploy(str(A0_CFG), str(ckpt), str(out), VerifyOptions(images, 1),
+                   export=True)
     finally:
         mmdeploy_export.compare = real
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -298,9 +298,9 @@ def test_short_run_grows_prunes_resumes_and_ends_fused(tmp_path,
     # stock CIFAR ResNet-18, verified on real images.
     from mmengine.config import Config
     from mmpretrain.models import ResNet_CIFAR
-    from repnas_mm.deploy import deploy
+    from repnas_mm.deploy import VerifyOptions, deploy
     result = deploy(str(cfg), str(work / 'epoch_4.pth'), str(tmp_path / 'd'),
-                    images=[str(cifar10_tiny / 'val' / 'dog')], num_images=2)
+                    VerifyOptions([str(cifar10_tiny / 'val' / 'dog')], 2))
     assert result['fused_error'] <= 1e-4
     deployed = Config.fromfile(result['config'])
     assert deployed.model.backbone.type == 'ResNet_CIFAR'

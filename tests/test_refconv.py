@@ -226,12 +226,12 @@ def test_refocus_fine_tune_through_tools_train_and_deploy(
     import json
     import re
 
-    from repnas_mm.deploy import deploy
+    from repnas_mm.deploy import VerifyOptions, deploy
 
     from .conftest import REPO, cls_data_options, read_scalars, run_tool
     search_cfg = str(REPO / 'tests/configs/odbb_cls_cifar10_tiny.py')
     first = deploy(search_cfg, str(searched_classifier / 'epoch_2.pth'),
-                   str(tmp_path / 'fused'), num_images=2)
+                   str(tmp_path / 'fused'), VerifyOptions(num_images=2))
     arch = searched_classifier / 'searched_arch.json'
     options = [f'load_from={first["checkpoint"]}',
                f'model.backbone.backbone.branches={arch}',
@@ -264,7 +264,8 @@ def test_refocus_fine_tune_through_tools_train_and_deploy(
         assert trained[name + '.refocus'].abs().max() > 0
 
     result = deploy(str(config), str(work / 'epoch_2.pth'),
-                    str(tmp_path / 'deploy'), num_images=2, onnx=True,
+                    str(tmp_path / 'deploy'), VerifyOptions(num_images=2),
+                    export=True,
                     cfg_options=dict(o.split('=', 1) for o in
                                      options[:2] + cls_data_options(
                                          cifar10_tiny)))

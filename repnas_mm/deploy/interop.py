@@ -5,8 +5,11 @@ the names differ (``<layer>.conv.fused_conv.*`` vs
 ``<layer>.branch_reparam.*``).
 """
 import copy
+import os.path as osp
 
-from .model import DeployError
+from .model import DeployError, build_model_unchecked
+from .staging import dump_config, save_checkpoint
+from .verify import raw_outputs, relative_error
 
 REPVGG_ARCHS = ('A0', 'A1', 'A2', 'B0', 'B1', 'B1g2', 'B1g4', 'B2', 'B2g2',
                 'B2g4', 'B3', 'B3g2', 'B3g4')
@@ -51,3 +54,28 @@ def to_repvgg_config(cfg):
     out.custom_imports = dict(
         imports=['mmpretrain.models'], allow_failed_imports=False)
     return out
+
+
+def write_repvgg(cfg, fused, meta, inputs, work_dir, name, tolerance, log):
+    """A stock mmpretrain RepVGG deploy checkpoint and config of the fused
+    model in ``work_dir``, checked to load strictly and to compute what it
+    does within ``tolerance``: their paths and the error."""
+    repvgg_cfg = to_repvgg_config(cfg)
+    state = to_repvgg_state_dict(fused.state_dict())
+    stock = build_model_unchecked(repvgg_cfg)
+    stock.load_state_dict(state, strict=True)
+    stock.eval()
+    error = relative_error(
+        [t for x in inputs for t in raw_outputs(stock, x)],
+        [t for x in inputs for t in raw_outputs(fused, x)])
+    if error > tolerance:
+        raise DeployError(f'stock RepVGG differs from the fused model: '
+                          f'{error:.2e} > {tolerance:g}')
+    ckpt = osp.join(work_dir, f'{name}_repvgg.pth')
+    path = osp.join(work_dir, f'{name}_repvgg.py')
+    save_checkpoint(state, meta, ckpt)
+    dump_config(repvgg_cfg, path)
+    log(f'[deploy] stock mmpretrain RepVGG deploy checkpoint and config '
+        f'written: it loads strictly, max relative error {error:.2e}')
+    return dict(repvgg_checkpoint=ckpt, repvgg_config=path,
+                repvgg_error=error)

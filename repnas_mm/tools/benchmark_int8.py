@@ -9,7 +9,7 @@
 accuracy: CONFIG is a RepNAS search config (configs/demo/odbb_fmnist_cls.py,
 configs/demo/odbb_cifar10_subset_cls.py). Each seed trains it twice with
 the same schedule (tools/compare_architectures.py's runs: method repnas, and
-repnas-quant_friendly = the same with model.backbone.quant_friendly=True);
+repnas-quant_friendly = the same with model.backbone.form='quant_friendly');
 each trained network is deployed with tools/deploy.py --int8 (tolerance 100
 points: everything is measured): fp32 and INT8 on the validation set, and INT8/fp32
 speed in ONNX Runtime. DIR/int8.{md,json}: mean ± sample std over seeds.
@@ -34,7 +34,7 @@ from repnas_mm.benchmark import markdown_table, mean_std, write_report
 from repnas_mm.evidence import command_line
 from repnas_mm.runner import run_tool
 
-FORMS = {'standard': {}, 'quant_friendly': {'model.backbone.quant_friendly': True}}
+FORMS = {'standard': {}, 'quant_friendly': {'model.backbone.form': 'quant_friendly'}}
 
 
 def _label(form):
@@ -43,7 +43,7 @@ def _label(form):
 
 def accuracy(args):
     from repnas_mm.compare import compare
-    from repnas_mm.deploy import deploy
+    from repnas_mm.deploy import Int8Options, deploy
     variants = {k: v for k, v in FORMS.items() if v}
     compare(args.config, args.work_dir, ['repnas'], args.seeds, args.cfg_options,
             variants=variants, command=args.command)
@@ -59,9 +59,8 @@ def accuracy(args):
                 with open(osp.join(run_dir, 'int8_deploy.log'), 'w') as log:
                     result = deploy(
                         osp.join(run_dir, 'config.py'), trained['checkpoint'],
-                        osp.join(run_dir, 'int8_deploy'), onnx=True, int8=True,
-                        int8_tolerance=100.0, calib_images=args.calib_images,
-                        calib_method=args.calib_method,
+                        osp.join(run_dir, 'int8_deploy'),
+                        int8=Int8Options(100.0, args.calib_images, args.calib_method),
                         log=lambda line: log.write(line + '\n'))
                 with atomic_path(path) as tmp, open(tmp, 'w') as f:
                     json.dump(dict(seed=seed, **result['int8']), f, indent=2)
@@ -94,7 +93,8 @@ def accuracy(args):
 def latency(args):
     import torch
 
-    from repnas_mm.deploy.int8 import quantize, time_models
+    from repnas_mm.deploy.int8 import time_models
+    from repnas_mm.deploy.quantize import quantize
     from repnas_mm.deploy.latency import imagenet_classifier
     from repnas_mm.deploy.onnx import export_onnx
     from repnas_mm.models import ODBBNet

@@ -34,7 +34,9 @@ import argparse
 from mmengine.config import DictAction
 
 import repnas_mm  # noqa: F401
-from repnas_mm.deploy import deploy
+from repnas_mm.deploy import (ExportOptions, Int8Options, VerifyOptions,
+                              deploy)
+from repnas_mm.deploy.options import CALIBRATION_METHODS
 from repnas_mm.runner import run_tool
 
 
@@ -43,50 +45,6 @@ def parse_args(argv=None):
     parser.add_argument('config')
     parser.add_argument('checkpoint')
     parser.add_argument('--work-dir', required=True)
-    parser.add_argument(
-        '--images',
-        nargs='+',
-        help='verify on these images/folders instead of the test data set')
-    parser.add_argument('--num-images', type=int, default=8)
-    parser.add_argument(
-        '--tolerance',
-        type=float,
-        default=1e-4,
-        help='max relative error allowed (fused, RepVGG and ONNX vs PyTorch)')
-    parser.add_argument(
-        '--onnx',
-        action='store_true',
-        help='export through mmdeploy into an SDK folder (verified)')
-    parser.add_argument(
-        '--deploy-cfg',
-        help='mmdeploy deploy config (default: configs/deploy/'
-        '{classification,detection}_onnxruntime_dynamic.py)')
-    parser.add_argument(
-        '--export-tolerance',
-        type=float,
-        default=1e-3,
-        help='max gap of mmdeploy\'s ONNX Runtime backend and SDK to '
-        'PyTorch: class scores, or top-10 detections\' scores and box '
-        'corners (fraction of the image side)')
-    parser.add_argument(
-        '--int8',
-        action='store_true',
-        help='also quantize the export to INT8 (ONNX Runtime), evaluated')
-    parser.add_argument(
-        '--int8-tolerance',
-        type=float,
-        default=1.0,
-        help='most points of the config\'s metric INT8 may lose to fp32')
-    parser.add_argument(
-        '--calib-images',
-        type=int,
-        default=256,
-        help='training images to calibrate INT8 on')
-    parser.add_argument(
-        '--calib-method',
-        choices=('minmax', 'entropy', 'percentile'),
-        default='minmax',
-        help='how activation ranges are calibrated')
     parser.add_argument(
         '--format', choices=('repnas', 'mmpretrain-repvgg'), default='repnas')
     parser.add_argument(
@@ -98,7 +56,65 @@ def parse_args(argv=None):
         nargs='+',
         action=DictAction,
         help='override config keys (written into the deploy config too)')
+    verify = parser.add_argument_group('verification (VerifyOptions)')
+    verify.add_argument(
+        '--images',
+        nargs='+',
+        help='verify on these images/folders instead of the test data set')
+    verify.add_argument(
+        '--num-images', type=int, default=VerifyOptions.num_images)
+    verify.add_argument(
+        '--tolerance',
+        type=float,
+        default=VerifyOptions.tolerance,
+        help='max relative error allowed (fused, RepVGG vs PyTorch)')
+    export = parser.add_argument_group('export (ExportOptions)')
+    export.add_argument(
+        '--onnx',
+        action='store_true',
+        help='export through mmdeploy into an SDK folder (verified)')
+    export.add_argument(
+        '--deploy-cfg',
+        help='mmdeploy deploy config (default: configs/deploy/'
+        '{classification,detection}_onnxruntime_dynamic.py)')
+    export.add_argument(
+        '--export-tolerance',
+        type=float,
+        default=ExportOptions.tolerance,
+        help='max gap of mmdeploy\'s ONNX Runtime backend and SDK to '
+        'PyTorch: class scores, or top-10 detections\' scores and box '
+        'corners (fraction of the image side)')
+    int8 = parser.add_argument_group('INT8 (Int8Options)')
+    int8.add_argument(
+        '--int8',
+        action='store_true',
+        help='also quantize the export to INT8 (ONNX Runtime), evaluated')
+    int8.add_argument(
+        '--int8-tolerance',
+        type=float,
+        default=Int8Options.tolerance,
+        help='most points of the config\'s metric INT8 may lose to fp32')
+    int8.add_argument(
+        '--calib-images',
+        type=int,
+        default=Int8Options.calib_images,
+        help='training images to calibrate INT8 on')
+    int8.add_argument(
+        '--calib-method',
+        choices=CALIBRATION_METHODS,
+        default=Int8Options.calib_method,
+        help='how activation ranges are calibrated')
     return parser.parse_args(argv)
+
+
+def options(args):
+    """The argument groups as deploy()'s option objects."""
+    verify = VerifyOptions(args.images, args.num_images, args.tolerance)
+    int8 = Int8Options(args.int8_tolerance, args.calib_images,
+                       args.calib_method) if args.int8 else None
+    export = ExportOptions(args.deploy_cfg, args.export_tolerance) \
+        if args.onnx or args.int8 else None
+    return dict(verify=verify, export=export, int8=int8)
 
 
 def main(argv=None):
@@ -107,18 +123,9 @@ def main(argv=None):
         args.config,
         args.checkpoint,
         args.work_dir,
-        images=args.images,
-        num_images=args.num_images,
-        tolerance=args.tolerance,
-        onnx=args.onnx,
-        deploy_cfg=args.deploy_cfg,
-        export_tolerance=args.export_tolerance,
         fmt=args.format,
         cfg_options=args.cfg_options,
-        int8=args.int8,
-        int8_tolerance=args.int8_tolerance,
-        calib_images=args.calib_images,
-        calib_method=args.calib_method)
+        **options(args))
     if args.benchmark:
         from repnas_mm.deploy.latency import run_latency_benchmark
         run_latency_benchmark(
