@@ -269,17 +269,14 @@ def _plan_swaps(model: nn.Module, example: torch.Tensor, block_class,
     if refused:
         left_alone['no single BatchNorm reads their output alone'] = [
             f'{conv} ({why})' for conv, why in refused.items()]
-    swaps = []
+    swaps, inside = [], []
     for conv_name, bn_name in pairs:
         conv = model.get_submodule(conv_name)
         bn = model.get_submodule(bn_name)
         if conv.kernel_size == (1, 1):
             continue
         if any(conv_name.startswith(p + '.') for p in reparameterizable):
-            # its block's own fusion reads it
-            left_alone.setdefault(
-                'inside blocks that re-parameterize themselves',
-                []).append(conv_name)
+            inside.append(conv_name)  # its block's own fusion reads it
             continue
         why = _conv_refusal(conv)
         split = None if why else _split_norm(bn)
@@ -304,6 +301,7 @@ def _plan_swaps(model: nn.Module, example: torch.Tensor, block_class,
                                 conv_bias=conv.bias is not None)
         swaps.append(_Swap(model, conv_name, conv, bn_name, bn, block,
                            nn.Identity() if tail is None else tail))
+    left_alone['inside blocks that re-parameterize themselves'] = inside
     return swaps, left_alone
 
 
