@@ -1,8 +1,12 @@
 """ODBBNet: a RepVGG-style plain network whose every KxK conv is an ODBB."""
-from typing import List, Sequence
+import itertools
+import warnings
+from typing import List, Optional, Sequence
 
+import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
+from torch import Tensor
 from mmpretrain.models.backbones.base_backbone import BaseBackbone
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -53,6 +57,18 @@ class ODBBNet(BaseBackbone):
             baseline, ``C`` branches in all (an int, or a float ratio of all
             legal branches).
         kernel_size (int): K of every block (odd).
+        widths (list[int], optional): the output channels of every block,
+            stem first (a width search's result, :mod:`repnas_mm.rep.widths`);
+            default: the arch's stage widths. Where a block's input and
+            output widths then differ, it has no identity branch (a searched
+            architecture's is dropped there, with a warning).
+        channels (list[list[int]], optional): the kept output channels of
+            every block (a width search's result): the full-width network
+            is built and each block's output gated to 0 outside them, which
+            is what the search trained and what ships narrow
+            (``tools/deploy.py``). Default: the ``channels`` a searched
+            architecture in ``branches`` records, if any. Not with
+            ``widths``.
         weight_sharing (bool): RepNAS Eq. 5 weight sharing inside blocks.
         form (str): the blocks' form (all fuse to the same deploy network):
             ``'standard'``; ``'online'`` (OREPA, :class:`OnlineODBB`): every
@@ -109,6 +125,8 @@ class ODBBNet(BaseBackbone):
                  in_channels: int = 3,
                  branches='full',
                  kernel_size: int = 3,
+                 widths: Optional[Sequence[int]] = None,
+                 channels: Optional[Sequence] = None,
                  weight_sharing: bool = True,
                  form: str = 'standard',
                  online: bool = False,
@@ -129,9 +147,11 @@ class ODBBNet(BaseBackbone):
         self.with_cp = with_cp
         self.deploy = deploy
         self.structure_checkpoint = None  # set when branches= names a .pth
+        self._recorded_channels = None  # a searched architecture's
 
-        shapes = self._block_shapes(in_channels)
-        specs = self._block_branches(branches, shapes)
+        shapes = self._block_shapes(in_channels, widths)
+        self.widths = [cout for _, cout, _, _ in shapes]
+        specs = self._block_branches(branches, shapes, widths is not None)
         layers = iter(
             ODBBLayer(cin, cout, kernel_size, stride, groups, spec,
                       weight_sharing, deploy, self.form)
@@ -151,6 +171,13 @@ class ODBBNet(BaseBackbone):
                                  f'range for {num_stages} stages')
         self.out_indices = tuple(i % num_stages for i in out_indices)
         self._freeze_stages()
+        if channels is not None and widths is not None:
+            raise ValueError('channels= gates the full-width network, '
+                             'widths= builds a narrow one: give one')
+        if channels is None and widths is None:
+            channels = self._recorded_channels
+        if channels is not None and not deploy:
+            self.set_channels(channels)
 
     # -- construction ------------------------------------------------------
     def _parse_arch(self, arch):
@@ -169,23 +196,40 @@ class ODBBNet(BaseBackbone):
             return arch.get('name'), arch
         raise TypeError(f'arch must be a name or a dict, got {type(arch)}')
 
-    def _block_shapes(self, in_channels):
+    @staticmethod
+    def arch_widths(arch: dict) -> List[int]:
+        """The output channels of every block of an arch dict, stem first
+        (the widths without a width search)."""
+        return [arch['stem_channels']] + [
+            out for out, num in zip(arch['channels'], arch['num_blocks'])
+            for _ in range(num)]
+
+    def _block_shapes(self, in_channels, widths=None):
         """(in, out, stride, groups) of every block, stem first."""
         arch = self.arch
-        shapes = [(in_channels, arch['stem_channels'], arch['stem_stride'],
-                   1)]
-        channels, index = arch['stem_channels'], 1
-        for out, num, stride in zip(arch['channels'], arch['num_blocks'],
-                                    arch['strides']):
-            for j in range(num):
-                groups = arch['groups'] if index in arch[
-                    'group_layers'] else 1
-                shapes.append((channels, out, stride if j == 0 else 1,
-                               groups))
-                channels, index = out, index + 1
-        return shapes
+        outs = self.arch_widths(arch)
+        strides = [arch['stem_stride']] + [
+            stride if j == 0 else 1
+            for stride, num in zip(arch['strides'], arch['num_blocks'])
+            for j in range(num)]
+        groups = [1] + [arch['groups'] if i in arch['group_layers'] else 1
+                        for i in range(1, len(outs))]
+        if widths is not None:
+            widths = [int(w) for w in widths]
+            if len(widths) != len(outs):
+                raise ValueError(f'{len(widths)} widths given for '
+                                 f'{len(outs)} blocks')
+            bad = [i for i, (w, g) in enumerate(zip(widths, groups))
+                   if w < 1 or w % g]
+            if bad:
+                raise ValueError(f'width {widths[bad[0]]} of block {bad[0]} '
+                                 'is not a positive multiple of its groups '
+                                 f'({groups[bad[0]]})')
+            outs = widths
+        ins = [in_channels] + outs[:-1]
+        return list(zip(ins, outs, strides, groups))
 
-    def _block_branches(self, branches, shapes) -> List:
+    def _block_branches(self, branches, shapes, narrowed=False) -> List:
         """One branch spec per block (a preset name or a strict list)."""
         if isinstance(branches, str) and branches.endswith(('.pth', '.pt')):
             # The architecture a RepNAS run's checkpoint carries (and, for
@@ -193,7 +237,67 @@ class ODBBNet(BaseBackbone):
             from repnas_mm.checkpoint import architecture_in_checkpoint
             self.structure_checkpoint = branches
             branches = architecture_in_checkpoint(branches)
-        return branches_per_block(branches, shapes, self.arch_name)
+        self._recorded_channels = _recorded_channels(branches)
+        per_block = branches_per_block(branches, shapes, self.arch_name)
+        if narrowed:  # a searched architecture on searched widths
+            per_block, dropped = _drop_illegal_identity(per_block, shapes)
+            if dropped and not self.deploy:  # fused: nothing is lost
+                warnings.warn(f'ODBBNet: the identity branch of {dropped} '
+                              'block(s) is dropped: their input and output '
+                              'widths differ')
+        return per_block
+
+    @property
+    def out_channels(self) -> List[int]:
+        """Channels of the outputs (the last block of each out stage)."""
+        ends = list(itertools.accumulate(self.arch['num_blocks']))
+        return [self.widths[ends[i]] for i in self.out_indices]
+
+    def set_channel_gates(self, gates: Optional[Sequence]):
+        """Multiply every block's output (after ReLU) by a per-channel gate
+        (one tensor per block, stem first), or by nothing (None)."""
+        layers = self.layers()
+        if gates is None:
+            gates = [None] * len(layers)
+        if len(gates) != len(layers):
+            raise ValueError(f'{len(gates)} gates for {len(layers)} blocks')
+        for layer, gate in zip(layers, gates):
+            layer.set_channel_gate(gate)
+
+    def set_channels(self, channels: Sequence):
+        """Gate every block's output to its kept channels (0/1; None or a
+        block's None: all)."""
+        if len(channels) != len(self.widths):
+            raise ValueError(f'{len(channels)} channel lists for '
+                             f'{len(self.widths)} blocks')
+        gates = []
+        for i, (kept, width) in enumerate(zip(channels, self.widths)):
+            if kept is None:
+                gates.append(None)
+                continue
+            index = torch.as_tensor(list(kept), dtype=torch.long)
+            if len(index) == 0 or index.min() < 0 or index.max() >= width:
+                raise ValueError(f'block {i} keeps channels outside its '
+                                 f'width {width}')
+            gate = torch.zeros(width)
+            gate[index] = 1.0
+            gates.append(gate)
+        self.set_channel_gates(gates)
+
+    def kept_channels(self) -> Optional[List[Optional[Tensor]]]:
+        """Each block's kept channels (its gate's nonzero entries; None:
+        ungated), or None when no block is gated."""
+        gates = [layer.channel_gate for layer in self.layers()]
+        if all(g is None for g in gates):
+            return None
+        return [None if g is None else
+                torch.nonzero(g.detach() != 0).flatten().cpu()
+                for g in gates]
+
+    def layers(self) -> List['ODBBLayer']:
+        """Every layer (ODBB + ReLU), stem first."""
+        return [self.stem] + [layer for name in self.stages
+                              for layer in getattr(self, name)]
 
     # -- initialisation from a checkpoint ----------------------------------
     def init_weights(self):
@@ -265,9 +369,33 @@ class ODBBNet(BaseBackbone):
         return list(named_odbbs(self).values())
 
 
+def _recorded_channels(branches):
+    """The kept channels a searched architecture records, or None."""
+    from repnas_mm.rep.arch import Architecture, is_arch_file, load_arch
+    if isinstance(branches, dict) and 'blocks' in branches:
+        return branches.get('channels')
+    if isinstance(branches, Architecture):
+        return branches.extra.get('channels')
+    if is_arch_file(branches):
+        return load_arch(branches).extra.get('channels')
+    return None
+
+
+def _drop_illegal_identity(per_block, shapes):
+    out, dropped = [], 0
+    for spec, (cin, cout, stride, _) in zip(per_block, shapes):
+        if not isinstance(spec, str) and 'identity' in spec and (
+                cin != cout or stride != 1):
+            spec = tuple(n for n in spec if n != 'identity')
+            dropped += 1
+        out.append(spec)
+    return out, dropped
+
+
 class ODBBLayer(nn.Module):
     """An ODBB (of ``form``, :mod:`repnas_mm.rep.forms`) followed by ReLU:
-    one layer of ODBBNet."""
+    one layer of ODBBNet. A width search multiplies its output by a
+    per-channel gate (:meth:`set_channel_gate`)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride, groups,
                  branches, weight_sharing, deploy, form='standard',
@@ -278,6 +406,19 @@ class ODBBLayer(nn.Module):
                                stride, groups, branches, weight_sharing,
                                deploy, form=form)
         self.act = nn.ReLU(inplace=True)
+        self.channel_gate: Optional[Tensor] = None
+
+    def set_channel_gate(self, gate: Optional[Tensor]):
+        """Multiply the output channels by ``gate`` (shape ``(out,)``), or by
+        nothing (None)."""
+        out = self.conv.out_channels
+        if gate is not None and gate.shape != (out, ):
+            raise ValueError(f'a channel gate must have shape ({out},), got '
+                             f'{tuple(gate.shape)}')
+        self.channel_gate = gate
 
     def forward(self, x):
-        return self.act(self.conv(x))
+        y = self.act(self.conv(x))
+        if self.channel_gate is None:
+            return y
+        return y * self.channel_gate.reshape(1, -1, 1, 1).to(y)
