@@ -41,6 +41,11 @@ class MaskProbeHook(Hook):
             mask=space.mask.int().tolist(),
             alpha=space.alpha.detach().cpu().tolist(),
             online=all(block.form == 'online' for block in space.blocks))
+        widths = next((h.widths for h in runner.hooks
+                       if type(h).__name__ == 'RepNASHook'), None)
+        if widths is not None:  # a width search's channels and beta
+            record.update(channels=[k.tolist() for k in widths.keep],
+                          beta=widths.beta.detach().cpu().tolist())
         with open(f'{self.out}.rank{get_rank()}.jsonl', 'a') as f:
             f.write(json.dumps(record) + '\n')
 

@@ -208,3 +208,23 @@ def test_refocus_configs_change_only_the_backbone_of_their_fine_tune():
     assert demo.model.backbone.deploy is True
     assert demo.model.backbone.branches == \
         'work_dirs/odbb_fmnist_cls/searched_arch.json'
+
+
+# Width-search configs (issue 32): the config they inherit from; they add
+# the hook's widths= and change nothing else.
+LATENCY = {'demo/odbb_fmnist_latency_cls.py': 'demo/odbb_fmnist_cls.py',
+           'demo/odbb_cifar10_subset_latency_cls.py':
+           'demo/odbb_cifar10_subset_cls.py',
+           'odbb_a0_latency_imagenet.py': 'odbb_a0_imagenet.py'}
+
+
+def test_latency_configs_add_only_the_width_search():
+    for name, standard in LATENCY.items():
+        cfg = Config.fromfile(REPO / 'configs' / name)
+        twin = Config.fromfile(REPO / 'configs' / standard)
+        widths = _hook(cfg, 'RepNASHook').pop('widths')
+        assert widths['input_size'] == 224 and widths['budget_ratio'] == 0.5
+        assert widths['table'].startswith('work_dirs/latency/'), name
+        for key in ('model', 'optim_wrapper', 'custom_hooks', 'train_cfg',
+                    'param_scheduler', 'train_dataloader'):
+            assert cfg[key] == twin[key], (name, key)

@@ -16,6 +16,7 @@ def deploy_config(cfg, model):
     """
     out = copy.deepcopy(cfg)
     kept = iter([b.branch_names for b in named_odbbs(model).values()])
+    narrow = _narrow_widths(model)
 
     def visit(node):
         if isinstance(node, dict):
@@ -25,6 +26,9 @@ def deploy_config(cfg, model):
                 node['branches'] = [
                     list(next(kept)) for _ in range(_num_blocks(node))
                 ]
+                node.pop('channels', None)
+                if narrow is not None:
+                    node['widths'] = narrow
             for value in node.values():
                 visit(value)
         elif isinstance(node, (list, tuple)):
@@ -34,6 +38,13 @@ def deploy_config(cfg, model):
     # Fused, a converted backbone is the stock one again.
     unwrap_converted(out.model, init_cfg=None)
     visit(out.model)
+    if narrow is not None:  # what reads the backbone follows its width
+        full = _full_last_width(model)
+        for part in ('neck', 'head', 'bbox_head'):
+            node = out.model.get(part) or {}
+            if node.get('in_channels') == full:
+                node['in_channels'] = narrow[-1]
+                break
     out.custom_hooks = [
         h for h in out.get('custom_hooks', [])
         if h.get('type') not in ('RepNASHook', 'DyRepHook')
@@ -44,6 +55,22 @@ def deploy_config(cfg, model):
     out.load_from = None
     out.resume = False
     return out
+
+
+def _narrow_widths(model):
+    """The widths of a narrow (width-searched) ODBBNet backbone, or None."""
+    from repnas_mm.models import ODBBNet
+    backbone = getattr(model, 'backbone', None)
+    if not isinstance(backbone, ODBBNet):
+        return None
+    full = ODBBNet.arch_widths(backbone.arch)
+    return None if backbone.widths == full else list(backbone.widths)
+
+
+def _full_last_width(model) -> int:
+    """The full width of the last block of the model's ODBBNet."""
+    from repnas_mm.models import ODBBNet
+    return ODBBNet.arch_widths(model.backbone.arch)[-1]
 
 
 def _num_blocks(backbone_cfg) -> int:

@@ -9,7 +9,7 @@ import os.path as osp
 
 import torch.nn as nn
 
-from repnas_mm.checkpoint import kept_branches
+from repnas_mm.checkpoint import kept_branches, recorded_architecture
 from repnas_mm.errors import UserError
 from repnas_mm.models.loading import holds_fused, load_checked
 from repnas_mm.rep import RefConv, named_odbbs, reparameterize_model
@@ -89,5 +89,24 @@ def load_for_deploy(cfg, checkpoint: str):
     structure = None if info['already_fused'] else kept_branches(loaded)
     if structure is not None:
         info['searched_branches'] = _apply_structure(model, structure)
+    # A width search's kept channels: the model is gated to them (what it
+    # trained as), and ships narrow (workflow.deploy).
+    arch = None if info['already_fused'] else recorded_architecture(loaded)
+    channels = (arch or {}).get('channels')
+    if channels is not None:
+        _apply_channels(model, channels)
+        info['channels'] = channels
     info['meta'] = loaded.get('meta', {})
     return model.eval(), info
+
+
+def _apply_channels(model, channels):
+    from repnas_mm.models.backbones.odbbnet import ODBBNet
+    backbone = getattr(model, 'backbone', None)
+    if not isinstance(backbone, ODBBNet) or \
+            len(channels) != len(backbone.widths):
+        raise DeployError(
+            'the checkpoint records searched widths for '
+            f'{len(channels)} layers; the config\'s model has no ODBBNet '
+            'backbone with as many (was it trained with another config?)')
+    backbone.set_channels(channels)

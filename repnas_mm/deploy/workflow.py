@@ -115,11 +115,13 @@ def _log_loaded(model, info: dict, checkpoint: str, log):
 def _fuse_and_verify(cfg, model, verify: VerifyOptions, exporting: bool,
                      log):
     """(fused copy, batches, model inputs, result) once the fused copy
-    computes what ``model`` does on real images, within the tolerance."""
+    computes what ``model`` does on real images, within the tolerance. A
+    width-searched backbone (its blocks gated to their kept channels) is
+    fused narrow."""
     batches = collect_batches(cfg, verify.images, verify.num_images)
     inputs = [model_inputs(model, b) for b in batches]
     reference = [raw_outputs(model, x) for x in inputs]
-    fused = reparameterize_model(model)
+    fused = _narrow(reparameterize_model(model), log)
     if exporting:
         refuse_unexportable(fused)
     error = relative_error(
@@ -134,6 +136,26 @@ def _fuse_and_verify(cfg, model, verify: VerifyOptions, exporting: bool,
                           f'{verify.tolerance:g}; nothing was written')
     return fused, batches, inputs, dict(fused_error=error,
                                         images=len(inputs))
+
+
+def _narrow(fused, log):
+    """The model with its width-searched backbone narrow (as it is when the
+    backbone's blocks are not gated)."""
+    from repnas_mm.models.backbones.odbbnet import ODBBNet
+    from repnas_mm.models.widths import narrow_model
+    backbone = getattr(fused, 'backbone', None)
+    keep = backbone.kept_channels() if isinstance(backbone, ODBBNet) \
+        else None
+    if keep is None:
+        return fused
+    full = sum(backbone.widths)
+    try:
+        narrow_model(fused, keep)
+    except ValueError as exc:
+        raise DeployError(f'cannot ship the searched widths: {exc}') from None
+    log(f'[deploy] searched widths: {fused.backbone.widths} '
+        f'({sum(fused.backbone.widths)} of {full} channels)')
+    return fused
 
 
 def _write_fused(cfg, fused, info, checkpoint, error, work_dir, name, log):

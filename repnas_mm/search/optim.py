@@ -101,6 +101,28 @@ class JointOptimizer(Optimizer):
         return f'JointOptimizer({parts})'
 
 
+def optimize_with_alpha(optim_wrapper, param: torch.nn.Parameter):
+    """Train ``param`` (another search parameter, e.g. a width search's
+    ``beta``) with alpha's optimizer and settings: a group of its own, its
+    learning rate as fixed as alpha's, its gradient averaged over ranks.
+    Idempotent. Needs the :class:`RepNASOptimWrapperConstructor`."""
+    joint = optim_wrapper.optimizer
+    if not isinstance(joint, JointOptimizer) or \
+            'alpha' not in joint.optimizers:
+        raise RuntimeError(
+            "the search parameters are not optimized; set optim_wrapper's "
+            "constructor='RepNASOptimWrapperConstructor'")
+    alpha = joint.optimizers['alpha']
+    if any(p is param for g in alpha.param_groups for p in g['params']):
+        return
+    alpha.add_param_group({'params': [param]})
+    joint.param_groups = [
+        g for opt in joint.optimizers.values() for g in opt.param_groups
+    ]
+    joint._fixed_lr['alpha'] = [g['lr'] for g in alpha.param_groups]
+    optim_wrapper.search_params = (*optim_wrapper.search_params, param)
+
+
 def weights_optimizer(optim_wrapper) -> Optimizer:
     """The weights' optimizer of a wrapper: the ``weights`` part of a
     :class:`JointOptimizer`, or the wrapper's optimizer itself."""
@@ -149,13 +171,17 @@ class _JointState(MutableMapping):
 
 
 class _AlphaGradSync:
-    """Mixin: average ``self.alpha``'s gradient after every backward."""
+    """Mixin: average the search parameters' gradients (``self.alpha``,
+    and ``self.search_params`` when a hook adds more) after every
+    backward."""
     alpha: Optional[torch.nn.Parameter] = None
+    search_params: tuple = ()
 
     def backward(self, loss, **kwargs):
         super().backward(loss, **kwargs)
-        if self.alpha is not None and self.alpha.grad is not None:
-            average_over_ranks(self.alpha.grad)
+        for param in (self.alpha, *self.search_params):
+            if param is not None and param.grad is not None:
+                average_over_ranks(param.grad)
 
 
 @OPTIM_WRAPPERS.register_module()

@@ -17,9 +17,10 @@ from .bn_calibration import (bn_state, load_bn_state, load_tensors,
                              recalibrate_on_training_set)
 from .distributed import require_unused_parameters, unwrap_model
 from .figure import plot_architecture
-from .optim import weights_optimizer
+from .optim import optimize_with_alpha, weights_optimizer
 from .rng import global_rng_state, set_global_rng_state
 from .space import SearchSpace
+from .width_space import WidthSpace
 
 AT_FIX = ('continue', 'reschedule', 'retrain')
 
@@ -73,6 +74,17 @@ class RepNASHook(Hook):
         gate (str): ``'straight_through'`` (Eq. 12, the default) or
             ``'soft'`` (kept branches scaled by their score in training; an
             ablation), see :class:`SearchSpace`.
+        widths (dict, optional): also search every layer's width under a
+            latency budget (:class:`~.width_space.WidthSpace`): ``table``
+            (a latency table file, ``tools/latency_table.py``),
+            ``input_size`` (the size it was measured at), ``budget_ratio``
+            (of the full-width network's predicted latency) or
+            ``budget_ms``; optional ``floor``, ``multiple``,
+            ``temperature``, ``noise``, and ``runtime`` (the key the table
+            must have: ``dict(device=, threads=, batch=)``). The widths
+            are fixed with the branches, recorded with them (``widths``
+            and ``channels`` in the architecture), and trained by alpha's
+            optimizer.
     """
     priority = 'ABOVE_NORMAL'
 
@@ -86,7 +98,8 @@ class RepNASHook(Hook):
                  bn_recalibration: int = 512,
                  at_fix: str = 'continue',
                  noise: bool = True,
-                 gate: str = 'straight_through'):
+                 gate: str = 'straight_through',
+                 widths: Optional[dict] = None):
         if at_fix not in AT_FIX:
             raise ValueError(f'at_fix must be one of {AT_FIX}, got '
                              f'{at_fix!r}')
@@ -103,6 +116,8 @@ class RepNASHook(Hook):
         self.noise = noise
         self.gate = gate
         self.space: Optional[SearchSpace] = None
+        self.width_cfg = dict(widths) if widths else None
+        self.widths: Optional[WidthSpace] = None
         self._training = False
         self._train_bn: Optional[dict] = None  # put back after validation
         self._loaded: Optional[dict] = None  # a checkpoint's search state
@@ -127,6 +142,14 @@ class RepNASHook(Hook):
                 "constructor='RepNASOptimWrapperConstructor'")
         require_unused_parameters(runner, 'RepNASHook',
                                    'pruned branches get no gradient')
+        if self.width_cfg is not None and self.widths is None:
+            self.widths = self._width_space(model)
+            optimize_with_alpha(wrapper, self.widths.beta)
+            full = self.widths.predicted_ms(self.widths.full)
+            print_log(
+                f'RepNAS widths: {len(self.widths.full)} layers, budget '
+                f'{self.widths.budget_ms:.3f} ms of {full:.3f} ms predicted '
+                'at full width', logger='current')
         print_log(
             f'RepNAS: {len(self.space.blocks)} blocks, '
             f'{self.space.num_branches} legal branches, budget '
@@ -135,6 +158,23 @@ class RepNASHook(Hook):
             f'{self.fix_epoch}'
             + ('' if self.at_fix == 'continue' else f' ({self.at_fix})'),
             logger='current')
+
+    def _width_space(self, model) -> WidthSpace:
+        from repnas_mm.deploy.latency_table import LatencyTable, runtime_key
+        from repnas_mm.models.backbones.odbbnet import ODBBNet
+        cfg = dict(self.width_cfg)
+        nets = [m for m in model.modules() if isinstance(m, ODBBNet)]
+        if len(nets) != 1:
+            raise ValueError('RepNASHook(widths=...) searches the widths of '
+                             f'one ODBBNet; the model has {len(nets)}')
+        runtime = cfg.pop('runtime', None)
+        table = LatencyTable.load(
+            cfg.pop('table'), runtime_key(**runtime) if runtime else None)
+        head = getattr(model, 'head', None)
+        cfg.setdefault('num_classes', getattr(head, 'num_classes', None))
+        cfg.setdefault('seed', self.seed)
+        space = WidthSpace(nets[0], table, **cfg)
+        return space.to(next(model.parameters()).device)
 
     def _check_schedulers(self, runner):
         iters = len(runner.train_dataloader)
@@ -153,6 +193,10 @@ class RepNASHook(Hook):
     def before_train_epoch(self, runner):
         epoch = runner.epoch
         if self.fix_epoch is not None and epoch >= self.fix_epoch:
+            if self.widths is not None and not self.widths.fixed:
+                self.widths.fix()
+                print_log(f'RepNAS widths fixed at epoch {epoch}: '
+                          f'{self._widths_summary()}', logger='current')
             if not self.space.fixed:
                 self.space.fix()
                 print_log(
@@ -164,6 +208,8 @@ class RepNASHook(Hook):
             self._start = None
         else:
             self.space.alpha.requires_grad_(epoch >= self.warmup_epochs)
+            if self.widths is not None:
+                self.widths.beta.requires_grad_(epoch >= self.warmup_epochs)
 
     def _rewind(self, runner):
         """Weights (and BN statistics) back to the run's start; their
@@ -182,6 +228,8 @@ class RepNASHook(Hook):
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         self.space.step()
+        if self.widths is not None:
+            self.widths.step()
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None):
@@ -194,6 +242,9 @@ class RepNASHook(Hook):
         hub.update_scalar('train/repnas_kept', int(self.space.mask.sum()))
         hub.update_scalar('train/repnas_alpha_mean',
                           float(self.space.alpha.detach().mean()))
+        if self.widths is not None:
+            hub.update_scalar('train/repnas_predicted_ms',
+                              self.widths.predicted_ms(self.widths.widths))
 
     def _reset_scheduled_values(self, runner):
         groups = weights_optimizer(runner.optim_wrapper).param_groups
@@ -208,8 +259,33 @@ class RepNASHook(Hook):
             f'initial value(s) for the searched network\'s schedule from '
             f'epoch {self.fix_epoch}', logger='current')
 
-    def after_train_epoch(self, runner):
+    def architecture(self):
+        """The searched architecture now: branches, and widths if searched
+        (``widths`` and the kept ``channels`` of every block)."""
         arch = self.space.architecture(self.arch_name)
+        if self.widths is not None:
+            keep = self.widths.keep if self.widths.fixed else \
+                self._best_keep()
+            arch.extra.update(
+                widths=[len(k) for k in keep],
+                channels=[k.tolist() for k in keep],
+                predicted_ms=round(self.widths.predicted_ms(
+                    [len(k) for k in keep]), 4),
+                latency_budget_ms=round(self.widths.budget_ms, 4))
+        return arch
+
+    def _best_keep(self):
+        scores = self.widths.scores(noise=False)
+        return self.widths.keep_for(scores, self.widths.widths_for(scores))
+
+    def _widths_summary(self) -> str:
+        widths = self.widths.widths
+        return (f'{widths} ({sum(widths)} of {sum(self.widths.full)} '
+                f'channels), predicted {self.widths.predicted_ms(widths):.3f}'
+                f' ms (budget {self.widths.budget_ms:.3f})')
+
+    def after_train_epoch(self, runner):
+        arch = self.architecture()
         print_log(
             f'RepNAS epoch {runner.epoch + 1}: top-{arch.budget} on alpha '
             f'keeps {self._kept_summary(self.space.top_k(self.space.alpha))}'
@@ -223,7 +299,7 @@ class RepNASHook(Hook):
 
     def after_train(self, runner):
         self._training = False
-        arch = self.space.architecture(self.arch_name)
+        arch = self.architecture()
         if is_main_process():
             path = osp.join(runner.work_dir, 'searched_arch.json')
             save_arch(arch, path)
@@ -239,6 +315,8 @@ class RepNASHook(Hook):
         if self.space is None:
             return
         self.space.apply_best()
+        if self.widths is not None:
+            self.widths.apply_best()
         if self._training and self.bn_recalibration and not self.space.fixed:
             self._recalibrate(runner)
 
@@ -259,14 +337,18 @@ class RepNASHook(Hook):
     def before_test_epoch(self, runner):
         if self.space is not None:
             self.space.apply_best()
+        if self.widths is not None:
+            self.widths.apply_best()
 
     # -- checkpoints ----------------------------------------------------------
     def before_save_checkpoint(self, runner, checkpoint):
-        arch = self.space.architecture(self.arch_name)
+        arch = self.architecture()
         checkpoint['repnas'] = dict(
             space=self.space.state_dict(),
             architecture=arch.to_dict(),
             rng=global_rng_state())
+        if self.widths is not None:
+            checkpoint['repnas']['widths'] = self.widths.state_dict()
         if self._start is not None:  # at_fix='retrain', not fixed yet
             checkpoint['repnas']['start_weights'] = self._start
         # Each block's saved branch mask is the searched architecture, so
@@ -311,6 +393,11 @@ class RepNASHook(Hook):
             return
         if runner.iter > 0:
             self.space.load_state_dict(state['space'])
+            if self.widths is not None:
+                if 'widths' not in state:
+                    raise ValueError('RepNASHook(widths=...): the resumed '
+                                     'checkpoint has no width search')
+                self.widths.load_state_dict(state['widths'])
             self._start = state.get('start_weights')
             # The data pipeline's random draws continue where they stopped.
             set_global_rng_state(state['rng'])
