@@ -119,6 +119,26 @@ def claims():
     low = min(p['fused_over_repvgg'] for p in fusion)
     high = max(p['fused_over_repvgg'] for p in fusion)
     out.append(('README.md', f'{low:.2f}-{high:.2f}×'))
+    # The width search: what a step costs, and the latency table's check.
+    cost = _json('width_search_cost/search_cost.json')
+    steps = cost['step_seconds']
+    ratio = statistics.median(w / s for w, s in zip(steps['search widths'],
+                                                    steps['search']))
+    saved = cost['memory']['search widths']['saved_mib'] / \
+        cost['memory']['search']['saved_mib']
+    for doc in ('README.md', 'docs/widths.md',
+                'docs/results/width_search_cost/README.md'):
+        out.append((doc, f'{ratio:.2f}x'))
+    out.append(('docs/widths.md', f'saves {saved:.2f}x the bytes'))
+    for run in ('check_run1.txt', 'check_run2.txt'):
+        for line in (RESULTS / 'latency_table_a0' / run).read_text() \
+                .splitlines():
+            if 'predicted / measured' in line:
+                measured = line.split('measured ')[1].split(' ms')[0]
+                ratio = line.rsplit('= ', 1)[1]
+                for doc in ('docs/widths.md',
+                            'docs/results/latency_table_a0/README.md'):
+                    out += [(doc, f'{float(measured):.2f}'), (doc, ratio)]
     return out
 
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 import repnas_mm  # noqa: F401
-from repnas_mm.deploy.latency_table import network_shapes
+from repnas_mm.deploy.latency_table import (multiply_add_table,
+                                            network_shapes)
 from repnas_mm.models.backbones.odbbnet import ODBBNet
 from repnas_mm.models.widths import narrow_odbbnet
 
 from .conftest import REPO, cls_data_options, run_tool
 from .equivalence import FP32_TOL, rel_error
-from .latency_tables import multiply_add_table
 
 SEARCH_CFG = REPO / 'tests' / 'configs' / 'odbb_cls_cifar10_tiny.py'
 DEMO_ARCH = dict(name='demo', stem_channels=16, channels=(16, 32, 64, 128),
@@ -22,7 +22,8 @@ DEMO_ARCH = dict(name='demo', stem_channels=16, channels=(16, 32, 64, 128),
 
 def synthetic_table(path):
     """The demo network's multiply-add table at 32 px, saved."""
-    table = multiply_add_table(ODBBNet(DEMO_ARCH, deploy=True), 32)
+    table = multiply_add_table(ODBBNet(DEMO_ARCH, deploy=True), 32,
+                               num_classes=10)
     table.save(str(path))
     return table
 

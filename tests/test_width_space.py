@@ -2,20 +2,20 @@
 import pytest
 import torch
 
+from repnas_mm.deploy.latency_table import multiply_add_table
 from repnas_mm.models.backbones.odbbnet import ODBBNet
 from repnas_mm.models.widths import narrow_odbbnet
 from repnas_mm.search.width_space import WidthSpace
 
 from .equivalence import FP32_TOL, randomize_bn, rel_error
-from .latency_tables import multiply_add_table
 
 ARCH = dict(stem_channels=16, channels=(16, 32, 64), num_blocks=(2, 2, 1),
             strides=(1, 2, 2), group_layers=(2, 4), groups=2, stem_stride=1)
 
 
 def space_for(net, **kwargs):
-    return WidthSpace(net, multiply_add_table(net, 16), 16, num_classes=10,
-                      **kwargs)
+    table = multiply_add_table(net, 16, num_classes=10)
+    return WidthSpace(net, table, 16, num_classes=10, **kwargs)
 
 
 def test_widths_fit_the_budget_and_the_grid():

@@ -352,6 +352,23 @@ def grid_shapes(net, input_size: int, fractions: Sequence[float],
     return shapes
 
 
+def multiply_add_table(net, input_size: int,
+                       fractions: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
+                       num_classes: Optional[int] = None) -> LatencyTable:
+    """A table whose 'milliseconds' are each layer's multiply-adds (x 1e-6)
+    on the grid: a proxy where no runtime was measured (benchmarks, tests),
+    exactly bilinear in the channels, and nothing is timed."""
+    table = LatencyTable(dict(runtime='multiply-adds'))
+    for shape in grid_shapes(net, input_size, fractions, num_classes):
+        out = (shape.size - 1) // shape.stride + 1
+        per_pixel = 1 if shape.kind == 'head' else \
+            shape.kernel**2 * out * out / shape.groups
+        table.entries[shape.name] = dict(
+            asdict(shape), ms=1e-6 * shape.cin * shape.cout * per_pixel)
+    return table
+
+
 __all__ = ['LatencyTable', 'LatencyTableError', 'LayerShape',
-           'PlainClassifier', 'grid_shapes', 'grid_widths', 'network_shapes',
-           'runtime_key', 'time_module']
+           'PlainClassifier', 'grid_shapes', 'grid_widths',
+           'multiply_add_table', 'network_shapes', 'runtime_key',
+           'time_module']

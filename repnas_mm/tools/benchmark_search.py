@@ -9,6 +9,9 @@ searches) of ODBBNet + a linear head, side by side in one process:
     search           the RepNAS search at --budget (noise, global ranking,
                      straight-through gates, alpha's Adam), offline branches
     search online    the same search, online blocks (OREPA form)
+    search widths    the search, and every layer's width searched under half
+                     the full-width network's multiply-adds (issue 32: the
+                     full-width network runs, its outputs gated)
     full             every legal branch, offline
     full online      every legal branch, online
 
@@ -40,16 +43,19 @@ import repnas_mm  # noqa: F401
 from repnas_mm.benchmark import (describe_device, markdown_table, peak_rss_kib,
                                  reset_peak_rss, saved_for_backward, sync)
 from repnas_mm.models import ODBBNet
+from repnas_mm.deploy.latency_table import multiply_add_table
 from repnas_mm.search import SearchSpace
+from repnas_mm.search.width_space import WidthSpace
 from repnas_mm.search.optim import JointOptimizer
 
 
-#: name -> (branches, searched, block form)
+#: name -> (branches, searched, block form[, widths searched])
 CONFIGS = {
     'plain': ('plain', False, 'standard'),
     'repvgg': ('repvgg', False, 'standard'),
     'search': ('full', True, 'standard'),
     'search online': ('full', True, 'online'),
+    'search widths': ('full', True, 'standard', True),
     'full': ('full', False, 'standard'),
     'full online': ('full', False, 'online'),
 }
@@ -96,15 +102,24 @@ class Setup:
     """One configuration: its model, optimizer and (for searches) space."""
 
     def __init__(self, name, args, device):
-        branches, searched, form = CONFIGS[name]
+        branches, searched, form, *widths = CONFIGS[name]
         torch.manual_seed(0)
         self.model = Net(args.arch, branches, form).to(device).train()
-        self.space = None
+        self.space = self.widths = None
         weights = sgd(self.model.parameters())
         if searched:
             self.space = SearchSpace(self.model, budget=args.budget,
                                      seed=0).to(device)
-            adam = torch.optim.Adam([self.space.alpha], lr=1e-4,
+            search_params = [self.space.alpha]
+            if widths:
+                backbone = self.model.backbone
+                table = multiply_add_table(backbone, args.input_size,
+                                           num_classes=1000)
+                self.widths = WidthSpace(backbone, table, args.input_size,
+                                         budget_ratio=0.5,
+                                         num_classes=1000).to(device)
+                search_params.append(self.widths.beta)
+            adam = torch.optim.Adam(search_params, lr=1e-4,
                                     betas=(0.5, 0.999))
             self.optimizer = JointOptimizer(dict(weights=weights,
                                                  alpha=adam))
@@ -117,6 +132,8 @@ class Setup:
     def step(self, x, y):
         if self.space is not None:
             self.space.step()  # a new noisy mask, as every search iteration
+        if self.widths is not None:
+            self.widths.step()
         loss = nn.functional.cross_entropy(self.model(x), y)
         loss.backward()
         self.optimizer.step()
