@@ -98,3 +98,20 @@ def test_the_tool_measures_a_config_and_checks_its_prediction(tmp_path):
     bad = run_tool(*args[:-5], '2', check=False)  # --threads 2
     assert bad.returncode != 0 and 'was measured with threads=1' in \
         bad.stderr
+
+
+def test_a_calibration_fits_whole_networks_and_is_saved(tmp_path):
+    table = LatencyTable({})
+    shape = LayerShape(8, 8, size=8)
+    table.entries[shape.name] = dict(vars(shape), ms=2.0)
+    assert table.predict([shape]) == table.layer_sum([shape]) == 2.0
+    # Whole networks measured at 0.8 x their layer sum + 0.1 ms.
+    table.calibrate([(1.0, 0.9), (2.0, 1.7), (4.0, 3.3)])
+    assert table.calibration['scale'] == pytest.approx(0.8)
+    assert table.calibration['offset'] == pytest.approx(0.1)
+    assert table.predict([shape]) == pytest.approx(1.7)
+    table.save(str(tmp_path / 't.json'))
+    again = LatencyTable.load(str(tmp_path / 't.json'))
+    assert again.predict([shape]) == pytest.approx(1.7)
+    with pytest.raises(LatencyTableError, match='two or more'):
+        table.calibrate([(1.0, 1.0)])

@@ -66,6 +66,15 @@ def test_a_width_search_keeps_its_budget_and_resumes_to_the_same_widths(
     assert ckpt['repnas']['widths']['_extra_state']['fixed']
     assert ckpt['repnas']['architecture']['widths'] == widths
 
+    # tools/test.py evaluates the checkpoint with the widths it searched.
+    test = run_tool('tools/test.py', cfg, tmp_path / 'a' / 'epoch_2.pth',
+                    '--work-dir', tmp_path / 'test_gated', '--cfg-options',
+                    *cls_data_options(cifar10_tiny))
+    from .conftest import read_scalars
+    gated_val = [r for r in read_scalars(tmp_path / 'a')
+                 if 'accuracy/top1' in r][-1]['accuracy/top1']
+    assert f'accuracy/top1: {gated_val:.4f}' in test.stdout + test.stderr
+
     # Stopped after epoch 1 and resumed: the same widths and channels.
     run_tool('tools/train.py', cfg, '--work-dir', tmp_path / 'b',
              '--cfg-options', 'train_cfg.max_epochs=1',
@@ -123,10 +132,7 @@ def test_a_width_search_keeps_its_budget_and_resumes_to_the_same_widths(
     assert deployed.model.head.in_channels == widths[-1]
     test = run_tool('tools/test.py', result['config'], result['checkpoint'],
                     '--work-dir', tmp_path / 'test')
-    from .conftest import read_scalars
-    last_val = [r for r in read_scalars(tmp_path / 'a')
-                if 'accuracy/top1' in r][-1]['accuracy/top1']
-    assert f'accuracy/top1: {last_val:.4f}' in test.stdout + test.stderr
+    assert f'accuracy/top1: {gated_val:.4f}' in test.stdout + test.stderr
 
 
 @pytest.mark.slow

@@ -88,12 +88,16 @@ class LatencyTable:
     """Measured milliseconds per :class:`LayerShape`, under one key."""
 
     def __init__(self, key: dict, entries: Optional[Dict[str, dict]] = None,
-                 call_ms: Optional[float] = None):
+                 call_ms: Optional[float] = None,
+                 calibration: Optional[dict] = None):
         self.key = dict(key)
         self.entries: Dict[str, dict] = dict(entries or {})
         #: What one call of the runtime costs by itself (a one-pixel ReLU):
         #: every layer timed alone pays it, the network once.
         self.call_ms = call_ms
+        #: ``dict(scale, offset, points)``: whole networks measured against
+        #: the sum of their layers (:meth:`calibrate`), or None.
+        self.calibration = calibration
 
     # -- files ----------------------------------------------------------------
     @classmethod
@@ -120,10 +124,12 @@ class LatencyTable:
                 f'latency table {path} was measured with {k}='
                 f'{saved.get(k)!r}, this run has {k}={key.get(k)!r}: '
                 'measure a table for this setting (another file)')
-        return cls(key, data.get('entries'), data.get('call_ms'))
+        return cls(key, data.get('entries'), data.get('call_ms'),
+                   data.get('calibration'))
 
     def save(self, path: str):
         data = dict(key=self.key, call_ms=self.call_ms,
+                    calibration=self.calibration,
                     entries=dict(sorted(self.entries.items())))
         with atomic_path(path) as tmp:
             with open(tmp, 'w') as f:
@@ -196,11 +202,34 @@ class LatencyTable:
                                       sorted({c for _, c in grid}))
         return self._families[family]
 
-    def predict(self, shapes: Sequence[LayerShape]) -> float:
-        """Milliseconds of a network: the sum over its layers, each without
-        the cost of a call of its own (:attr:`call_ms`), plus one call."""
+    def layer_sum(self, shapes: Sequence[LayerShape]) -> float:
+        """The sum over a network's layers, each without the cost of a call
+        of its own (:attr:`call_ms`), plus one call."""
         call = self.call_ms or 0.0
         return call + sum(max(self.ms(s) - call, 0.0) for s in shapes)
+
+    def predict(self, shapes: Sequence[LayerShape]) -> float:
+        """Milliseconds of a network: :meth:`layer_sum`, calibrated when the
+        table is (``scale * sum + offset``)."""
+        total = self.layer_sum(shapes)
+        if self.calibration:
+            total = self.calibration['scale'] * total + \
+                self.calibration['offset']
+        return total
+
+    def calibrate(self, points: Sequence[tuple]):
+        """Fit ``measured = scale * layer_sum + offset`` by least squares on
+        ``(layer_sum, measured)`` pairs of whole networks (two or more)."""
+        if len(points) < 2:
+            raise LatencyTableError('calibrating needs two or more measured '
+                                    'networks')
+        xs, ys = zip(*points)
+        mean_x, mean_y = statistics.mean(xs), statistics.mean(ys)
+        var = sum((x - mean_x)**2 for x in xs)
+        scale = sum((x - mean_x) * (y - mean_y)
+                    for x, y in zip(xs, ys)) / var if var else 1.0
+        self.calibration = dict(scale=scale, offset=mean_y - scale * mean_x,
+                                points=[list(p) for p in points])
 
 
 def _shape_fields(entry: dict) -> dict:

@@ -144,7 +144,8 @@ class RepNASHook(Hook):
                                    'pruned branches get no gradient')
         if self.width_cfg is not None and self.widths is None:
             self.widths = self._width_space(model)
-            optimize_with_alpha(wrapper, self.widths.beta)
+            if hasattr(wrapper, 'param_groups'):  # built: training
+                optimize_with_alpha(wrapper, self.widths.beta)
             full = self.widths.predicted_ms(self.widths.full)
             print_log(
                 f'RepNAS widths: {len(self.widths.full)} layers, budget '
@@ -373,6 +374,9 @@ class RepNASHook(Hook):
             return
         with torch.no_grad():
             self.space.alpha.copy_(state['space']['alpha'])
+            if self.widths is not None and 'widths' in state:
+                # Frozen after fix_epoch: evaluating it recovers the widths.
+                self.widths.beta.copy_(state['widths']['beta'])
         self._loaded = state
 
     def before_train(self, runner):

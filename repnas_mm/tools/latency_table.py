@@ -69,7 +69,11 @@ def main(argv=None):
                         help='classifier head (default: the config\'s)')
     parser.add_argument('--repeats', type=int, default=7)
     parser.add_argument('--check', action='store_true',
-                        help='also time the full-width network')
+                        help='also time whole networks at the grid\'s '
+                        'smallest fraction and at full width')
+    parser.add_argument('--calibrate', action='store_true',
+                        help='time whole networks at every fraction and '
+                        'fit the prediction to them (stored in FILE)')
     args = parser.parse_args(argv)
     net, classes, search = backbone_of(args.target)
     classes = args.num_classes or classes
@@ -92,33 +96,58 @@ def main(argv=None):
     full = network_shapes(net, args.input_size, classes)
     print(f'[latency table] {args.out}: {len(table.entries)} shapes; '
           f'full-width network predicted {table.predict(full):.3f} ms')
+    if args.calibrate:
+        table.calibration = None
+        points = [check(net, table, key, args, classes, ratio)
+                  for ratio in sorted(set(args.fractions) | {1.0})]
+        table.calibrate([(p, m) for p, m in points])
+        table.save(args.out)
+        cal = table.calibration
+        fitted = [(cal['scale'] * p + cal['offset']) / m for p, m in points]
+        print(f'[latency table] calibrated: measured = {cal["scale"]:.4f} x '
+              f'layer sum + {cal["offset"]:.4f} ms; predicted / measured of '
+              'those networks now ' + ', '.join(f'{r:.3f}' for r in fitted),
+              flush=True)
     if args.check:
         for ratio in sorted({1.0, min(args.fractions)}, reverse=True):
             check(net, table, key, args, classes, ratio)
+        for seed in (0, 1):  # networks the calibration never saw
+            check(net, table, key, args, classes, f'random {seed}')
     return 0
 
 
 def check(net, table, key, args, classes, ratio):
-    """Time the network at ``ratio`` of every width (rounded to the grid)
-    and print the table's prediction beside the measurement."""
+    """Time the network at ``ratio`` of every width (rounded to the grid;
+    ``'random <seed>'``: a seeded random grid width per layer) and print
+    the table's prediction beside the measurement; (layer sum, measured)."""
     from repnas_mm.deploy.latency_table import grid_widths
     from repnas_mm.models import ODBBNet
-    widths = [grid_widths(w, (ratio, ))[0] for w in net.widths]
+    if isinstance(ratio, str):
+        gen = torch.Generator().manual_seed(int(ratio.split()[1]))
+        grids = [grid_widths(w, args.fractions) for w in net.widths]
+        widths = [g[int(torch.randint(len(g), (1, ), generator=gen))]
+                  for g in grids]
+    else:
+        widths = [grid_widths(w, (ratio, ))[0] for w in net.widths]
     narrow = ODBBNet(dict(net.arch, name=net.arch_name),
                      in_channels=net.stem.conv.in_channels, widths=widths,
                      kernel_size=net.kernel_size, deploy=True)
     predicted = table.predict(network_shapes(narrow, args.input_size,
                                              classes))
+    layer_sum = table.layer_sum(network_shapes(narrow, args.input_size,
+                                               classes))
     example = torch.randn(args.batch, net.stem.conv.in_channels,
                           args.input_size, args.input_size)
     times = time_module(PlainClassifier(narrow, classes), example, key,
                         args.repeats, 0.2)
     measured = 1e3 * statistics.median(times)
     spread = (max(times) - min(times)) / statistics.median(times)
-    print(f'[latency table] widths x{ratio:g}: predicted {predicted:.3f} ms,'
+    what = ratio if isinstance(ratio, str) else f'x{ratio:g}'
+    print(f'[latency table] widths {what}: predicted {predicted:.3f} ms,'
           f' measured {measured:.3f} ms (median of {len(times)} repeats, '
           f'spread {spread:.1%}); predicted / measured = '
           f'{predicted / measured:.3f}', flush=True)
+    return layer_sum, measured
     return 0
 
 
