@@ -38,6 +38,20 @@ _SPACES: 'weakref.WeakKeyDictionary[nn.Module, SearchSpace]' = \
 GATES = ('straight_through', 'soft')
 
 
+def noisy_scores(logits: Tensor, temperature: float,
+                 generator: Optional[torch.Generator]) -> Tensor:
+    """``sigmoid((logits + zeta) / temperature)``, ``zeta ~ Logistic(0, 1)``
+    drawn (on the CPU) from ``generator``; no noise without one. The one
+    sampling rule of both policies (branches here, widths in
+    :mod:`.width_space`)."""
+    if generator is not None:
+        u = torch.rand(logits.numel(), generator=generator).clamp_(
+            1e-6, 1 - 1e-6)
+        zeta = torch.log(u) - torch.log1p(-u)  # Logistic(0, 1)
+        logits = logits + zeta.to(logits.device)
+    return torch.sigmoid(logits / temperature)
+
+
 class SearchSpace(nn.Module):
     """Architecture parameters and the sampling policy over a model's ODBBs.
 
@@ -126,14 +140,8 @@ class SearchSpace(nn.Module):
     def scores(self, noise: bool = True) -> Tensor:
         """``sigmoid((alpha + zeta) / temperature)`` (zeta = 0 without
         noise)."""
-        logits = self.alpha
-        if noise:
-            u = torch.rand(
-                self.num_branches, generator=self.generator).clamp_(
-                    1e-6, 1 - 1e-6)
-            zeta = torch.log(u) - torch.log1p(-u)  # Logistic(0, 1)
-            logits = logits + zeta.to(self.alpha.device)
-        return torch.sigmoid(logits / self.temperature)
+        return noisy_scores(self.alpha, self.temperature,
+                            self.generator if noise else None)
 
     def top_k(self, scores: Tensor) -> Tensor:
         """Boolean mask of the global top-``budget``, no block left empty."""

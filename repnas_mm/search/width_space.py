@@ -30,6 +30,8 @@ from torch import Tensor
 
 from repnas_mm.rep.widths import balanced_top
 
+from .space import noisy_scores
+
 
 def _lcm(a: int, b: int) -> int:
     return a * b // math.gcd(a, b)
@@ -112,12 +114,10 @@ class WidthSpace(nn.Module):
 
     # -- one iteration --------------------------------------------------------
     def scores(self, noise: bool = True) -> Tensor:
-        logits = self.beta
-        if noise:
-            u = torch.rand(logits.numel(), generator=self.generator).clamp_(
-                1e-6, 1 - 1e-6)
-            logits = logits + (torch.log(u) - torch.log1p(-u)).to(logits)
-        return torch.sigmoid(logits / self.temperature)
+        """``sigmoid((beta + zeta) / temperature)`` (zeta = 0 without
+        noise), as the branch policy scores alpha."""
+        return noisy_scores(self.beta, self.temperature,
+                            self.generator if noise else None)
 
     def _widths_at(self, scores: Tensor, threshold: float) -> List[int]:
         widths = []
