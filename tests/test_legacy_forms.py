@@ -124,3 +124,13 @@ def test_the_old_booleans_are_deprecated_aliases_of_form():
     with pytest.raises(ValueError, match="unknown ODBB form 'orepa'; choose from "
                        'standard, online, quant_friendly'):
         ODBBNet(ARCH, form='orepa')
+
+
+def test_the_block_points_from_the_old_booleans_to_the_form_classes():
+    from repnas_mm.rep import ODBB
+    with pytest.raises(TypeError, match=r"ODBB\(online=True\): the online "
+                       r"form is a class now: use build_odbb\(\.\.\., "
+                       r"form='online'\) \(or OnlineODBB"):
+        ODBB(8, 8, online=True)
+    with pytest.raises(TypeError, match='QuantFriendlyODBB'):
+        ODBB(8, 8, quant_friendly=True)

@@ -9,10 +9,11 @@ from repnas_mm.rep.forms import resolve_form
 def build_converted(backbone: dict,
                     branches='dbb',
                     weight_sharing: bool = False,
-                    form: str = 'standard',
                     online: bool = False,
                     quant_friendly: bool = False,
-                    input_size: int = 64):
+                    input_size: int = 64,
+                    *,
+                    form: str = 'standard'):
     """Build ``backbone`` from the registry and convert it (config builder).
 
     ``dict(type='ODBBConverted', backbone=dict(type='ResNet', depth=18))``

@@ -62,6 +62,9 @@ class ODBB(nn.Module):
             online, its own scale).
         deploy (bool): build the fused single conv directly (so that fused
             checkpoints load strictly).
+        online, quant_friendly (bool): the booleans that chose a form before
+            forms were classes: ``True`` is a ``TypeError`` naming the class
+            to use (:mod:`.forms`).
         norm_layer: builds a BN from a channel count (the branches' BNs, and
             the one BN after the sum of the forms that have it).
     """
@@ -84,8 +87,18 @@ class ODBB(nn.Module):
                  branches: BranchSpec = 'full',
                  weight_sharing: bool = True,
                  deploy: bool = False,
-                 norm_layer: NormLayer = nn.BatchNorm2d):
+                 norm_layer: NormLayer = nn.BatchNorm2d,
+                 online: bool = False,
+                 quant_friendly: bool = False):
         super().__init__()
+        old = {'online': ('OnlineODBB', online),
+               'quant_friendly': ('QuantFriendlyODBB', quant_friendly)}
+        for name, (cls, flag) in old.items():
+            if flag:  # the booleans of the blocks before forms were classes
+                raise TypeError(
+                    f"{type(self).__name__}({name}=True): the {name} form is "
+                    f"a class now: use build_odbb(..., form='{name}') (or "
+                    f'{cls}(...))')
         if kernel_size % 2 != 1:
             raise ValueError(f'kernel_size must be odd, got {kernel_size}')
         if in_channels % groups or out_channels % groups:

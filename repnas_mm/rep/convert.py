@@ -195,9 +195,10 @@ def convert_to_odbb(model: nn.Module,
                     example: Optional[torch.Tensor] = None,
                     branches='dbb',
                     weight_sharing: bool = False,
-                    form: str = 'standard',
                     online: bool = False,
-                    quant_friendly: bool = False) -> List[str]:
+                    quant_friendly: bool = False,
+                    *,
+                    form: str = 'standard') -> List[str]:
     """Replace the model's KxK Conv+BN pairs by ODBBs, in place.
 
     Each ODBB has the ``branches`` (a preset or list, filtered to what is

@@ -125,10 +125,7 @@ class ODBBNet(BaseBackbone):
                  in_channels: int = 3,
                  branches='full',
                  kernel_size: int = 3,
-                 widths: Optional[Sequence[int]] = None,
-                 channels: Optional[Sequence] = None,
                  weight_sharing: bool = True,
-                 form: str = 'standard',
                  online: bool = False,
                  quant_friendly: bool = False,
                  out_indices: Sequence[int] = (-1, ),
@@ -136,7 +133,11 @@ class ODBBNet(BaseBackbone):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  deploy: bool = False,
-                 init_cfg=None):
+                 init_cfg=None,
+                 *,
+                 form: str = 'standard',
+                 widths: Optional[Sequence[int]] = None,
+                 channels: Optional[Sequence] = None):
         super().__init__(init_cfg)
         self.arch_name, self.arch = self._parse_arch(arch)
         self.kernel_size = kernel_size
@@ -154,7 +155,7 @@ class ODBBNet(BaseBackbone):
         specs = self._block_branches(branches, shapes, widths is not None)
         layers = iter(
             ODBBLayer(cin, cout, kernel_size, stride, groups, spec,
-                      weight_sharing, deploy, self.form)
+                      weight_sharing, deploy, form=self.form)
             for (cin, cout, stride, groups), spec in zip(shapes, specs))
         self.stem = next(layers)
         self.stages = []
@@ -398,8 +399,8 @@ class ODBBLayer(nn.Module):
     per-channel gate (:meth:`set_channel_gate`)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride, groups,
-                 branches, weight_sharing, deploy, form='standard',
-                 online=False, quant_friendly=False):
+                 branches, weight_sharing, deploy, online=False,
+                 quant_friendly=False, *, form='standard'):
         super().__init__()
         form = resolve_form(form, online, quant_friendly, 'ODBBLayer')
         self.conv = build_odbb(in_channels, out_channels, kernel_size,
