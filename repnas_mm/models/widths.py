@@ -6,7 +6,7 @@ channels (:func:`repnas_mm.rep.widths.select_channels` on every fused
 conv). The two compute the same thing on the kept channels, in eval mode.
 """
 import copy
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from torch import Tensor
 
@@ -105,10 +105,4 @@ def _first_reader(model, channels: int):
                      'a neck or a head is needed)')
 
 
-def kept_widths(keep: Sequence[Optional[Tensor]],
-                widths: Sequence[int]) -> List[int]:
-    """The widths a set of kept channels gives."""
-    return [w if k is None else len(k) for k, w in zip(keep, widths)]
-
-
-__all__ = ['kept_widths', 'narrow_model', 'narrow_odbbnet']
+__all__ = ['narrow_model', 'narrow_odbbnet']
