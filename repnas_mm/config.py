@@ -32,7 +32,47 @@ def read_config(path: str, cfg_options: Optional[dict] = None):
         _drop_package_scope(cfg[key])
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    if isinstance(cfg.get('model'), dict):
+        follow_backbone_widths(cfg.model)
     return cfg
+
+
+#: The parts of a model that read its backbone's outputs, in order.
+READERS = ('neck', 'head', 'bbox_head')
+
+
+def follow_backbone_widths(model: dict) -> None:
+    """A narrow ODBBNet backbone (``widths=``) and what reads it (in
+    place): the first of the neck, head or bbox head whose ``in_channels``
+    are the arch's full output channels reads the narrow ones instead
+    (an int for one output, as CenterNet's neck and a linear head take
+    it; a list for several). Anything else is left as written."""
+    backbone = model.get('backbone') or {}
+    if backbone.get('type') != 'ODBBNet' or not backbone.get('widths'):
+        return
+    import inspect
+
+    from repnas_mm.models import ODBBNet
+    defaults = inspect.signature(ODBBNet).parameters
+    arch = backbone.get('arch', defaults['arch'].default)
+    arch = ODBBNet.arch_settings.get(arch) if isinstance(arch, str) \
+        else arch
+    if not arch or len(backbone['widths']) != len(
+            ODBBNet.arch_widths(arch)):
+        return  # ODBBNet itself says what is wrong when it is built
+    out_indices = backbone.get('out_indices',
+                               defaults['out_indices'].default)
+    full = ODBBNet.outputs_of(arch, ODBBNet.arch_widths(arch), out_indices)
+    narrow = ODBBNet.outputs_of(arch, backbone['widths'], out_indices)
+    for part in READERS:
+        reader = model.get(part) or {}
+        if 'in_channels' not in reader:
+            continue
+        channels = reader['in_channels']
+        if channels == full or (len(full) == 1 and channels == full[0]):
+            reader['in_channels'] = narrow if isinstance(
+                channels, (list, tuple)) else narrow[0]
+        return
 
 
 #: What a user's config writes to inherit one of ours:

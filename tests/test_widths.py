@@ -2,6 +2,8 @@
 full-width network whose block outputs are gated to 0/1 per channel equals,
 on the kept channels, the narrow fused network (eval mode, randomized BN
 statistics)."""
+import os.path as osp
+
 import pytest
 import torch
 
@@ -126,3 +128,51 @@ def test_widths_are_checked_and_the_identity_follows_them():
                         torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match='multiples of groups=2'):
         balanced_top(torch.rand(8), 3, 2)
+
+
+DEMO = dict(name='demo', stem_channels=16, channels=(16, 32, 64, 128),
+            num_blocks=(1, 2, 2, 1), strides=(2, 2, 2, 2))
+
+
+def test_what_reads_a_narrow_backbone_follows_its_widths(tmp_path):
+    from repnas_mm.config import follow_backbone_widths, read_config
+    widths = [8, 8, 16, 24, 32, 48, 64]
+    model = dict(backbone=dict(type='ODBBNet', arch=DEMO, widths=widths),
+                 neck=dict(type='CTResNetNeck', in_channels=128),
+                 bbox_head=dict(in_channels=32))
+    follow_backbone_widths(model)
+    assert model['neck']['in_channels'] == 64  # the first reader only
+    assert model['bbox_head']['in_channels'] == 32
+    # Several outputs: a list, stage by stage (A0: 48, 96, 192, 1280).
+    a0 = [8] + [16] * 2 + [24] * 4 + [40] * 14 + [320]
+    model = dict(backbone=dict(type='ODBBNet', widths=a0,
+                               out_indices=(1, 2, 3)),
+                 neck=dict(in_channels=[96, 192, 1280]))
+    follow_backbone_widths(model)
+    assert model['neck']['in_channels'] == [24, 40, 320]
+    # A reader the user set to anything but the full width is left alone,
+    # and so is a full-width backbone.
+    for model in (dict(backbone=dict(type='ODBBNet', arch=DEMO,
+                                     widths=widths),
+                       head=dict(in_channels=100)),
+                  dict(backbone=dict(type='ODBBNet', arch=DEMO),
+                       head=dict(in_channels=128))):
+        before = model['head']['in_channels']
+        follow_backbone_widths(model)
+        assert model['head']['in_channels'] == before
+    # Every tool reads configs through read_config: a CenterNet on a narrow
+    # backbone, retrained, builds and runs with its neck on the narrow
+    # width (the demo config, its searched branches dropped).
+    cfg_path = tmp_path / 'narrow.py'
+    cfg_path.write_text(
+        "_base_ = '{}'\nmodel = dict(backbone=dict(branches='repvgg', "
+        "widths={}))\n".format(
+            osp.abspath('configs/demo/centernet_odbb_fmnist.py'), widths))
+    cfg = read_config(str(cfg_path))
+    assert cfg.model.neck.in_channels == 64
+    from repnas_mm.deploy.model import build_model
+    cfg.model.backbone.init_cfg = None
+    detector = build_model(cfg).eval()
+    with torch.no_grad():
+        heatmaps = detector(torch.randn(1, 3, 64, 64), mode='tensor')
+    assert heatmaps[0][0].shape == (1, 10, 16, 16)

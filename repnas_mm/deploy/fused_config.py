@@ -1,7 +1,7 @@
 """The config that builds the fused model directly (``<config>_deploy.py``)."""
 import copy
 
-from repnas_mm.config import unwrap_converted
+from repnas_mm.config import follow_backbone_widths, unwrap_converted
 from repnas_mm.rep import named_odbbs
 
 
@@ -38,13 +38,7 @@ def deploy_config(cfg, model):
     # Fused, a converted backbone is the stock one again.
     unwrap_converted(out.model, init_cfg=None)
     visit(out.model)
-    if narrow is not None:  # what reads the backbone follows its width
-        full = _full_last_width(model)
-        for part in ('neck', 'head', 'bbox_head'):
-            node = out.model.get(part) or {}
-            if node.get('in_channels') == full:
-                node['in_channels'] = narrow[-1]
-                break
+    follow_backbone_widths(out.model)  # what reads it follows its widths
     out.custom_hooks = [
         h for h in out.get('custom_hooks', [])
         if h.get('type') not in ('RepNASHook', 'DyRepHook')
@@ -65,12 +59,6 @@ def _narrow_widths(model):
         return None
     full = ODBBNet.arch_widths(backbone.arch)
     return None if backbone.widths == full else list(backbone.widths)
-
-
-def _full_last_width(model) -> int:
-    """The full width of the last block of the model's ODBBNet."""
-    from repnas_mm.models import ODBBNet
-    return ODBBNet.arch_widths(model.backbone.arch)[-1]
 
 
 def _num_blocks(backbone_cfg) -> int:

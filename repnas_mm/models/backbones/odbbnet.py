@@ -251,8 +251,15 @@ class ODBBNet(BaseBackbone):
     @property
     def out_channels(self) -> List[int]:
         """Channels of the outputs (the last block of each out stage)."""
-        ends = list(itertools.accumulate(self.arch['num_blocks']))
-        return [self.widths[ends[i]] for i in self.out_indices]
+        return self.outputs_of(self.arch, self.widths, self.out_indices)
+
+    @staticmethod
+    def outputs_of(arch: dict, widths: Sequence[int],
+                   out_indices: Sequence[int]) -> List[int]:
+        """The output channels of an arch dict at ``widths`` (every block's,
+        stem first): the last block of each stage of ``out_indices``."""
+        ends = list(itertools.accumulate(arch['num_blocks']))
+        return [widths[ends[i]] for i in out_indices]
 
     def set_channel_gates(self, gates: Optional[Sequence]):
         """Multiply every block's output (after ReLU) by a per-channel gate
