@@ -117,7 +117,8 @@ def test_tiny_comparison_resumes_and_its_table_matches_its_logs(
     first = run_tool(*args, '--max-runs', '3')
     assert '3 of 6 runs finished; run again to continue' in first.stdout
     second = run_tool(*args)
-    assert 'run 4/6: random, seed 1' in second.stdout
+    # Seed by seed: the first three runs were every method of seed 0.
+    assert 'run 5/6: random, seed 1' in second.stdout
     assert 'run 6/6: repnas-no_noise, seed 1' in second.stdout
     assert 'run 1/6' not in second.stdout  # finished runs are reused
     assert '6 of 6 runs finished' in second.stdout

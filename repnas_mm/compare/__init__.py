@@ -25,21 +25,25 @@ same schedule.
 
 Each trained network is fused and verified (``tools/deploy.py``'s
 ``deploy``) and the fused network is evaluated with ``tools/test.py`` on the
-config's test set. A finished run leaves ``result.json`` in its folder and
+config's test set. The grid runs seed by seed (every method of the first
+seed, then the next), so an interrupted comparison covers whole seeds.
+A finished run leaves ``result.json`` in its folder and
 is reused when the comparison is run again; an interrupted training run
 resumes from its last checkpoint. The table (JSON, markdown, figure) is
 rebuilt from the runs' own result files every time.
 
 One job per module: :mod:`.methods` (each method's config), :mod:`.running`
-(the runs and the grid), :mod:`.report` (the tables and the figure).
+(the runs and the grid), :mod:`.report` (the tables and the figure);
+:mod:`.widths` is the width study (issue 32) on the same runs.
 """
 from .methods import (METHODS, PRESET_METHODS, CompareError, legal_branches,
                       method_changes, method_config, read_variants,
                       second_stage)
 from .report import summarize, write_tables
-from .running import compare, run_one
+from .running import compare, method_maker, run_grid, run_one
 
 __all__ = ['CompareError', 'METHODS', 'PRESET_METHODS', 'compare',
            'legal_branches', 'method_changes', 'method_config',
-           'read_variants', 'run_one', 'second_stage', 'summarize',
+           'method_maker', 'read_variants', 'run_grid', 'run_one',
+           'second_stage', 'summarize',
            'write_tables']

@@ -25,12 +25,12 @@ from .methods import (METHODS, CompareError, _search_hook, method_changes,
 from .report import write_tables
 
 
-def run_one(cfg, method: str, seed: int, run_dir: str,
-            log: Callable[[str], None] = print,
-            label: Optional[str] = None) -> dict:
-    """Train, fuse, verify and evaluate one method with one seed
-    (``label``: the name in the table, default ``method``)."""
-    label = label or method
+def run_one(make_config: Callable[[int, str], object], seed: int,
+            run_dir: str, label: str,
+            log: Callable[[str], None] = print) -> dict:
+    """Train, fuse, verify and evaluate one run: ``make_config(seed,
+    run_dir)``, the run's config (``label``: its method's name in the
+    table; :func:`method_maker` makes ``make_config`` of a method)."""
     from repnas_mm.deploy import deploy
     result_path = osp.join(run_dir, 'result.json')
     if osp.isfile(result_path):
@@ -40,7 +40,7 @@ def run_one(cfg, method: str, seed: int, run_dir: str,
     cfg_path = osp.join(run_dir, 'config.py')
     if not osp.isfile(cfg_path):
         with atomic_path(cfg_path, suffix='.py') as tmp:
-            method_config(cfg, method, seed, run_dir).dump(tmp)
+            make_config(seed, run_dir).dump(tmp)
     train_dir = osp.join(run_dir, 'train')
     start = time.time()
     resume = last_checkpoint(train_dir) is not None
@@ -60,7 +60,8 @@ def run_one(cfg, method: str, seed: int, run_dir: str,
     train = [r for r in scalars if 'loss' in r and 'time' in r]
     val = [r for r in scalars if 'accuracy/top1' in r]
     from mmengine.config import Config
-    branches = Config.fromfile(deployed['config']).model.backbone.branches
+    backbone = Config.fromfile(deployed['config']).model.backbone
+    branches = backbone.branches
     result = dict(
         method=label,
         seed=seed,
@@ -70,8 +71,10 @@ def run_one(cfg, method: str, seed: int, run_dir: str,
         step_time=statistics.median(r['time'] for r in train),
         train_seconds=round(train_seconds, 1) if not resume else None,
         fused_error=deployed['fused_error'],
+        widths=list(backbone.widths) if backbone.get('widths') else None,
         checkpoint=_relative(checkpoint),
-        fused_checkpoint=_relative(deployed['checkpoint']))
+        fused_checkpoint=_relative(deployed['checkpoint']),
+        fused_config=_relative(deployed['config']))
     with atomic_path(result_path) as tmp:
         with open(tmp, 'w') as f:
             json.dump(result, f, indent=2)
@@ -127,7 +130,31 @@ def compare(config: str,
     labels = list(configs)
     study = dict(config=_relative(config), command=command,
                  cfg_options=dict(cfg_options or {}), changes=changes)
-    todo = [(m, s) for m in labels for s in seeds]
+    makers = {label: method_maker(run_cfg, method)
+              for label, (run_cfg, method) in configs.items()}
+    done = run_grid(makers, seeds, work_dir, max_runs, log,
+                    lambda runs: write_tables(runs, work_dir, study, labels,
+                                              seeds))
+    return write_tables(done, work_dir, study, labels, seeds)
+
+
+def method_maker(cfg, method: str) -> Callable[[int, str], object]:
+    """``make_config(seed, run_dir)`` of a method of :data:`METHODS`."""
+    return lambda seed, run_dir: method_config(cfg, method, seed, run_dir)
+
+
+def run_grid(makers: Dict[str, Callable[[int, str], object]],
+             seeds: Sequence[int],
+             work_dir: str,
+             max_runs: Optional[int] = None,
+             log: Callable[[str], None] = print,
+             report: Optional[Callable[[list], object]] = None) -> list:
+    """Run (or continue) every label x seed of ``makers`` (label ->
+    ``make_config(seed, run_dir)``), seed by seed: an interrupted grid
+    covers every method of its first seeds. Each run lives in
+    ``work_dir/runs/<label>/seed_<s>``; ``report(results)`` is called after
+    every new run. The finished runs' results, in grid order."""
+    todo = [(label, s) for s in seeds for label in makers]
     done, new = [], 0
     for i, (label, seed) in enumerate(todo):
         run_dir = osp.join(work_dir, 'runs', label, f'seed_{seed}')
@@ -138,12 +165,10 @@ def compare(config: str,
             log(f'[compare] run {i + 1}/{len(todo)}: {label}, seed {seed} '
                 f'({run_dir})')
             new += 1
-        run_cfg, method = configs[label]
-        done.append(run_one(run_cfg, method, seed, run_dir, log, label))
-        if not finished:  # the table covers every finished run at once
-            write_tables(done, work_dir, study, labels, seeds)
-    summary = write_tables(done, work_dir, study, labels, seeds)
+        done.append(run_one(makers[label], seed, run_dir, label, log))
+        if not finished and report is not None:
+            report(done)  # the table covers every finished run at once
     log(f'[compare] {len(done)} of {len(todo)} runs finished'
         + ('' if len(done) == len(todo) else '; run again to continue')
-        + f'; table: {osp.join(work_dir, "results.md")}')
-    return summary
+        + f'; tables in {work_dir}')
+    return done

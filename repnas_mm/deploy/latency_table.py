@@ -254,26 +254,35 @@ def _time_onnx(shape: LayerShape, key: dict, repeats: int,
     return time_module(shape.module(), example, key, repeats, min_seconds)
 
 
-def time_module(module: nn.Module, example: torch.Tensor, key: dict,
-                repeats: int = 7, min_seconds: float = 0.02) -> List[float]:
-    """Seconds per call of ``module`` exported to ONNX and run in ONNX
-    Runtime under ``key`` (provider, threads), per repeat; each repeat runs
-    it for at least ``min_seconds``."""
+def export_onnx(module: nn.Module, example: torch.Tensor, path: str) -> str:
+    """``module`` exported to ONNX at ``path``, input named ``input``."""
     import warnings
 
-    import onnxruntime as ort
-
     from .onnx import OPSET
-    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter('ignore', DeprecationWarning)
-        path = osp.join(folder, 'model.onnx')
         torch.onnx.export(module.eval(), (example, ), path,
                           input_names=['input'], opset_version=OPSET,
                           dynamo=False)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = key['threads']
-        session = ort.InferenceSession(path, options,
+    return path
+
+
+def ort_runner(model, example: torch.Tensor,
+               key: dict) -> Callable[[], None]:
+    """``model`` (a module, exported here, or an ONNX file) loaded in ONNX
+    Runtime under ``key`` (provider, threads): a call runs it once on
+    ``example``."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = key['threads']
+    if isinstance(model, str):
+        session = ort.InferenceSession(model, options,
                                        providers=[key['provider']])
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            path = export_onnx(model, example, osp.join(folder, 'm.onnx'))
+            session = ort.InferenceSession(path, options,
+                                           providers=[key['provider']])
     # Input and output stay bound to ONNX Runtime tensors made once: a
     # layer timed alone would otherwise pay a copy of its input and output
     # feature maps every call, which inside a network it does not.
@@ -286,10 +295,14 @@ def time_module(module: nn.Module, example: torch.Tensor, key: dict,
     for output, got in zip(session.get_outputs(),
                            binding.get_outputs()):
         binding.bind_ortvalue_output(output.name, got)
+    return lambda: session.run_with_iobinding(binding)
 
-    def run():
-        session.run_with_iobinding(binding)
 
+def time_module(module: nn.Module, example: torch.Tensor, key: dict,
+                repeats: int = 7, min_seconds: float = 0.02) -> List[float]:
+    """Seconds per call of ``module`` in ONNX Runtime (:func:`ort_runner`),
+    per repeat; each repeat runs it for at least ``min_seconds``."""
+    run = ort_runner(module, example, key)
     run()
     start = time.perf_counter()
     run()
@@ -399,5 +412,5 @@ def multiply_add_table(net, input_size: int,
 
 __all__ = ['LatencyTable', 'LatencyTableError', 'LayerShape',
            'PlainClassifier', 'grid_shapes', 'grid_widths',
-           'multiply_add_table', 'network_shapes', 'runtime_key',
-           'time_module']
+           'export_onnx', 'multiply_add_table', 'network_shapes',
+           'ort_runner', 'runtime_key', 'time_module']

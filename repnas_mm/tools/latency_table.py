@@ -148,7 +148,6 @@ def check(net, table, key, args, classes, ratio):
           f'spread {spread:.1%}); predicted / measured = '
           f'{predicted / measured:.3f}', flush=True)
     return layer_sum, measured
-    return 0
 
 
 if __name__ == '__main__':
