@@ -31,7 +31,8 @@ _MACHINE = re.compile(
 # What a study's evidence keeps: tables and figures at the top, and per run
 # its result, log and the architectures it drew or found.
 KEEP_TOP = ('results.json', 'results.md', 'results.png', 'int8.json',
-            'int8.md', 'summary.json')
+            'int8.md', 'summary.json', 'accuracy_latency.png',
+            'latency_table.json')
 KEEP_RUN = ('result.json', 'train.log', 'random_arch.json', 'int8.json',
             'int8_table.md', 'searched_arch.json')
 

@@ -97,3 +97,46 @@ def test_fixed_widths_survive_a_state_dict_and_equal_the_narrow_network():
         narrow = narrow_odbbnet(net, keep).eval()
         assert narrow.widths == space.widths
         assert rel_error(narrow(x)[-1], ref[:, keep[-1]]) <= FP32_TOL
+
+
+@pytest.mark.parametrize('cost_aware', [True, False])
+def test_each_layer_keeps_the_channels_ranked_above_the_threshold(
+        cost_aware):
+    """The threshold is on each channel's own score (a layer whose
+    channels all score high keeps them all, wherever it sits), and with
+    cost_aware the score is per unit of the channel's latency."""
+    net = ODBBNet(ARCH)
+    space = space_for(net, budget_ratio=0.6, cost_aware=cost_aware)
+    last = space.slices[-1]
+    scores = torch.full((sum(space.full), ), 0.3)
+    scores[last] = 0.9  # the last layer's channels matter most
+    widths = space.widths_for(scores)
+    assert widths[-1] == space.full[-1]
+    assert space.predicted_ms(widths) <= space.budget_ms
+    # Reversed: the first layer matters most and keeps its width.
+    scores = torch.full((sum(space.full), ), 0.3)
+    scores[space.slices[0]] = 0.9
+    widths = space.widths_for(scores)
+    assert widths[0] == space.full[0]
+    assert space.predicted_ms(widths) <= space.budget_ms
+    if not cost_aware:  # ties broken by position: the last layer goes
+        assert widths[-1] < space.full[-1]
+
+
+def test_cost_aware_ranking_spends_the_budget_where_channels_are_cheap():
+    net = ODBBNet(ARCH)
+    space = space_for(net, budget_ratio=0.6)
+    # One channel's multiply-adds per layer at 16 px, relative: the stride-1
+    # layers at full resolution cost more per channel than the last
+    # stride-2 layer (a quarter of the pixels).
+    layer_cost = [float(space.cost[sl][0]) for sl in space.slices]
+    assert layer_cost[1] > 2 * layer_cost[-1]
+    assert float(space.cost.mean()) == pytest.approx(1.0, rel=0.05)
+    equal = torch.full((sum(space.full), ), 0.5)
+    aware = space.widths_for(equal)
+    # Equal importance: the cheap last layer keeps its width, the costly
+    # full-resolution layers give theirs up first.
+    assert aware[-1] == space.full[-1] and aware[1] < space.full[1]
+    blind = space_for(net, budget_ratio=0.6, cost_aware=False)
+    kept = sum(aware)
+    assert kept >= sum(blind.widths_for(equal))

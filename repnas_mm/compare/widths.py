@@ -429,6 +429,7 @@ def width_study(config: str, work_dir: str,
                  changes={k: m['changes'] for k, m in methods.items()},
                  runs=list(runs))
     summary = write_report(work_dir, study, rows, latency, batches)
+    space.table.save(osp.join(work_dir, 'latency_table.json'))  # evidence
     for line in goals(rows):
         log('[width study] ' + line)
     return summary

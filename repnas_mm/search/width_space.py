@@ -9,11 +9,16 @@ all together every iteration:
 
     s = sigmoid((beta + zeta) / temperature),   zeta ~ Logistic(0, 1)
 
-A threshold on ``s`` gives each layer a width: its channels above the
-threshold, rounded down to a multiple of its step (8, and of the groups of
+A threshold on ``s / cost`` gives each layer a width: its channels above
+the threshold, rounded down to a multiple of its step (8, and of the groups of
 its own conv and of the next one), never below its floor. The threshold is
 the lowest (widest network) whose *predicted* latency, from a measured
 :class:`~repnas_mm.deploy.latency_table.LatencyTable`, fits the budget. Each
+channel's ``cost`` is the latency one channel of its layer saves, from the
+same table, relative to the mean: the ranking keeps the most importance per
+millisecond (the greedy answer to a knapsack under the budget), so a channel
+at high resolution must matter more to stay than one at low resolution
+(``cost_aware=False`` ranks ``s`` alone). Each
 layer then keeps its top channels (as many per group as a grouped conv on
 either side needs) and gates its output with ``mask + (s - s.detach())``:
 exactly 0/1 in the forward pass, so the gated full-width network computes
@@ -52,6 +57,9 @@ class WidthSpace(nn.Module):
         multiple (int): widths are multiples of this (and of the groups).
         floor (float): no layer narrower than this ratio of its width.
         temperature (float), seed (int), noise (bool): as the branch policy.
+        cost_aware (bool): rank channels by score per unit of latency (a
+            channel of a layer at high resolution costs more than one at
+            low resolution; default), or by score alone.
     """
 
     def __init__(self,
@@ -65,7 +73,8 @@ class WidthSpace(nn.Module):
                  floor: float = 0.25,
                  temperature: float = 1.0,
                  seed: int = 0,
-                 noise: bool = True):
+                 noise: bool = True,
+                 cost_aware: bool = True):
         super().__init__()
         from repnas_mm.deploy.latency_table import network_shapes
         self._backbone = [backbone]  # not a submodule: the model owns it
@@ -84,6 +93,8 @@ class WidthSpace(nn.Module):
         self.beta = nn.Parameter(torch.zeros(sum(self.full)))
         bounds = [0] + list(torch.tensor(self.full).cumsum(0).tolist())
         self.slices = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+        self.layer_of = torch.cat([torch.full((w, ), i)
+                                   for i, w in enumerate(self.full)])
         if temperature <= 0:
             raise ValueError(f'temperature must be > 0, got {temperature}')
         self.temperature = temperature
@@ -101,6 +112,9 @@ class WidthSpace(nn.Module):
                 f'narrowest network\'s predicted {narrowest:.3f} ms (floor '
                 f'{floor:g} of every width); raise the budget or lower the '
                 'floor')
+        self.cost_aware = cost_aware
+        # Not a buffer: made from the table again on every construction.
+        self.cost = self._layer_costs()
         self.fixed = False
         self.keep: List[Tensor] = [torch.arange(w) for w in self.full]
 
@@ -119,31 +133,59 @@ class WidthSpace(nn.Module):
         return noisy_scores(self.beta, self.temperature,
                             self.generator if noise else None)
 
-    def _widths_at(self, scores: Tensor, threshold: float) -> List[int]:
-        widths = []
-        for sl, full, step, floor in zip(self.slices, self.full, self.steps,
-                                         self.floors):
-            above = int((scores[sl] >= threshold).sum())
-            width = full if above == full else above // step * step
-            widths.append(max(floor, min(full, width)))
-        return widths
+    def _layer_costs(self) -> Tensor:
+        """Every channel's latency: the predicted milliseconds one step of
+        its layer saves from the full-width network (its own conv's output
+        and the next conv's input), per channel, relative to the mean over
+        channels. Never below 1% of that mean (an interpolated table need
+        not be monotone)."""
+        full_ms = self.predicted_ms(self.full)
+        costs = []
+        for i, (width, step) in enumerate(zip(self.full, self.steps)):
+            narrower = list(self.full)
+            narrower[i] = max(step, width - step)
+            saved = full_ms - self.predicted_ms(narrower)
+            costs.append(saved / max(width - narrower[i], 1))
+        per_channel = torch.cat([torch.full((w, ), c)
+                                 for w, c in zip(self.full, costs)])
+        mean = per_channel.clamp(min=0).mean()
+        if mean <= 0:  # a flat table: every channel costs the same
+            return torch.ones_like(per_channel)
+        return (per_channel / mean).clamp(min=0.01)
+
+    def ranking(self, scores: Tensor) -> Tensor:
+        """What the threshold cuts: each channel's score per unit of its
+        latency (``cost_aware``; the greedy answer to keeping the most
+        importance under a latency budget) or its score alone."""
+        scores = scores.detach().cpu()
+        return scores / self.cost if self.cost_aware else scores
+
+    def _widths_top(self, order: Tensor, k: int) -> List[int]:
+        """Each layer's width when the first ``k`` channels of ``order``
+        are kept: its count among them, rounded down to its step, within
+        its floor and width."""
+        counts = torch.bincount(self.layer_of[order[:k]],
+                                minlength=len(self.full)).tolist()
+        return [full if n == full else max(floor, n // step * step)
+                for n, full, step, floor in zip(counts, self.full,
+                                                self.steps, self.floors)]
 
     def widths_for(self, scores: Tensor) -> List[int]:
-        """The widest widths (lowest threshold on ``scores``) whose
-        predicted latency fits the budget."""
-        ordered = scores.detach().cpu().sort(descending=True).values
-        low, high = 0, len(ordered) - 1  # index of the threshold score
-        if self.predicted_ms(self._widths_at(ordered, float(
-                ordered[high]))) <= self.budget_ms:
+        """The widest widths whose predicted latency fits the budget: the
+        most channels, best :meth:`ranking` first (ties by position)."""
+        order = self.ranking(scores).argsort(descending=True, stable=True)
+        low, high = 0, len(order)  # how many channels the threshold keeps
+        if self.predicted_ms(self._widths_top(order, high)) <= \
+                self.budget_ms:
             return list(self.full)
-        while low < high:  # the largest index that fits
+        while low < high:  # the largest k that fits
             mid = (low + high + 1) // 2
-            widths = self._widths_at(ordered, float(ordered[mid]))
-            if self.predicted_ms(widths) <= self.budget_ms:
+            if self.predicted_ms(self._widths_top(order, mid)) <= \
+                    self.budget_ms:
                 low = mid
             else:
                 high = mid - 1
-        return self._widths_at(ordered, float(ordered[low]))
+        return self._widths_top(order, low)
 
     def keep_for(self, scores: Tensor, widths: Sequence[int]) -> List[Tensor]:
         """Each layer's kept channels: its top ``width`` scores, as many in
