@@ -9,7 +9,7 @@ import repnas_mm  # noqa: F401
 from repnas_mm.compare import CompareError
 from repnas_mm.compare.widths import (goals, random_widths, study_methods,
                                       summarize, uniform_widths, width_space,
-                                      widths_key)
+                                      widths_key, write_report)
 from repnas_mm.config import read_config
 
 from .conftest import cls_data_options, run_tool
@@ -73,7 +73,7 @@ def test_every_method_differs_only_in_its_widths(study_cfg, tmp_path):
 
 
 def test_the_report_pairs_every_network_with_full_width_and_its_budget(
-        study_cfg):
+        study_cfg, tmp_path):
     space = width_space(study_cfg)
     methods = study_methods(study_cfg, space, (0.5, 1.0))
     full, half = widths_key(space.full), widths_key(
@@ -108,6 +108,14 @@ def test_the_report_pairs_every_network_with_full_width_and_its_budget(
     assert 'matches it at >= 1.5x' in lines
     assert '>= 1.0 better at one budget or more: yes' in lines
     assert 'worst 0.0% off: yes' in lines
+    study = dict(config='c.py', command='python tools/benchmark_widths.py',
+                 seeds=[0, 1], runtime='onnxruntime', input_size=32,
+                 repeats=3)
+    write_report(str(tmp_path), study, rows, latency, [1])
+    table = (tmp_path / 'results.md').read_text()
+    assert '| search-0.5 | 8-8-8-8-16-16-32 | 80.00 ± 1.41 | 0.400 | ' \
+        '0.400 | 2.50x | 10 |' in table
+    assert (tmp_path / 'accuracy_latency.png').stat().st_size > 10000
 
 
 @pytest.mark.slow

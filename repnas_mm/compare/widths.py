@@ -374,14 +374,18 @@ def _figure(rows, batches, path, title):
               'random': ('^', 'C0')}
     for ax, b in zip(axes[0], batches):
         for kind, (marker, color) in styles.items():
-            mine = sorted((r[f'ms_b{b}'], r['top1_mean'], r['top1_std'])
+            mine = sorted((r[f'ms_b{b}'], r['top1_mean'], r['top1_std'],
+                           r['multiplier'])
                           for label, r in rows.items()
                           if label.split('-')[0] == kind)
             if not mine:
                 continue
-            x, y, e = zip(*mine)
+            x, y, e, m = zip(*mine)
             ax.errorbar(x, y, yerr=e, fmt=marker + '-', color=color,
                         capsize=3, label=kind)
+            for xi, yi, mi in zip(x, y, m):  # the budget each point had
+                ax.annotate(f'{mi:g}x', (xi, yi), textcoords='offset points',
+                            xytext=(4, 4), fontsize=7, color=color)
         ax.set_xlabel(f'ONNX Runtime latency, batch {b} (ms)')
         ax.set_ylabel('fused top-1 (%), mean ± std')
         ax.grid(alpha=0.3)
