@@ -107,14 +107,17 @@ def test_the_report_pairs_every_network_with_full_width_and_its_budget(
     assert 'within 1.05x at batch 1' in lines
     assert 'matches it at >= 1.5x' in lines
     assert '>= 1.0 better at one budget or more: yes' in lines
-    assert 'worst 0.0% off: yes' in lines
+    assert 'worst 0.0% off the median, 0.0% off the least disturbed round' \
+        ': yes' in lines
+    assert rows['search-0.5']['min_speedup_b1'] == pytest.approx(2.5)
+    assert rows['search-0.5']['min_vs_budget_b1'] == pytest.approx(0.8)
     study = dict(config='c.py', command='python tools/benchmark_widths.py',
                  seeds=[0, 1], runtime='onnxruntime', input_size=32,
                  repeats=3)
     write_report(str(tmp_path), study, rows, latency, [1])
     table = (tmp_path / 'results.md').read_text()
     assert '| search-0.5 | 8-8-8-8-16-16-32 | 80.00 ± 1.41 | 0.400 | ' \
-        '0.400 | 2.50x | 10 |' in table
+        '0.400 | 2.50x | 0.400 | 2.50x | 10 |' in table
     assert (tmp_path / 'accuracy_latency.png').stat().st_size > 10000
 
 
