@@ -145,6 +145,29 @@ def claims():
                     out.append((doc, ratio))
                     if 'calibrated' not in run:
                         out.append((doc, f'{float(measured):.2f}'))
+    # The width study (tools/benchmark_widths.py): top-1, latency, goals.
+    for study in ('width_study_cifar10_subset', 'width_study_fmnist_full'):
+        rows = _methods(study)
+        for label, row in rows.items():
+            cells = (f'| {label} | ', f'| {_pm(row)} | '
+                     f'{row["predicted_ms"]:.3f} | {row["ms_b1"]:.3f} | '
+                     f'{row["speedup_b1"]:.2f}x | {row["ms_b8"]:.3f} | '
+                     f'{row["speedup_b8"]:.2f}x |')
+            out += [('docs/widths.md', cell) for cell in cells]
+            out.append((f'docs/results/{study}/results.md', _pm(row)))
+        for label in ('uniform-1', 'uniform-0.5', 'search-0.5', 'random-0.5'):
+            out.append(('README.md', f'| {_pm(rows[label])} |'))
+        for doc in ('README.md', 'docs/widths.md'):
+            out.append((doc, f'{rows["search-0.5"]["vs_budget_b1"]:.3f}x'))
+    cifar = _methods('width_study_cifar10_subset')
+    for doc in ('README.md', 'docs/widths.md'):
+        out.append((doc, f'{cifar["search-0.75"]["vs_budget_b1"]:.3f}x'))
+    for study, worst in (('width_study_cifar10_subset', '12.8%'),
+                         ('width_study_fmnist_full', '4.7%')):
+        rows = _methods(study).values()
+        got = max(abs(r['predicted_vs_measured'] - 1) for r in rows)
+        assert f'{got:.1%}' == worst, (study, got)
+        out += [('README.md', worst), ('docs/widths.md', worst)]
     return out
 
 
