@@ -41,27 +41,18 @@ MULTIPLIERS = (0.5, 0.75, 1.0)
 def width_space(cfg, budget_ratio: float = 1.0):
     """A :class:`~repnas_mm.search.width_space.WidthSpace` of the config's
     backbone and latency table (its steps, floors and predictions)."""
-    from repnas_mm.deploy.latency_table import LatencyTable, runtime_key
     from repnas_mm.deploy.model import build_model_unchecked
     from repnas_mm.search.width_space import WidthSpace
-    widths = dict(_search_hook(cfg).get('widths') or {})
+    widths = _search_hook(cfg).get('widths')
     if not widths:
         raise CompareError(f'{cfg.filename}: the width study needs a width '
                            'search config (RepNASHook(widths=dict(table=...'
                            ')))')
     model_cfg = copy.deepcopy(cfg)
     model_cfg.model.backbone.init_cfg = None
-    model = build_model_unchecked(model_cfg)
-    runtime = widths.get('runtime')
-    table = LatencyTable.load(widths['table'],
-                              runtime_key(**runtime) if runtime else None)
-    space = WidthSpace(model.backbone, table, widths['input_size'],
-                       budget_ratio=budget_ratio,
-                       num_classes=model.head.num_classes,
-                       multiple=widths.get('multiple', 8),
-                       floor=widths.get('floor', 0.25), noise=False)
-    space.input_size = widths['input_size']
-    return space
+    return WidthSpace.from_config(build_model_unchecked(model_cfg),
+                                  dict(widths), budget_ratio=budget_ratio,
+                                  noise=False)
 
 
 def uniform_widths(space, multiplier: float) -> List[int]:
@@ -145,21 +136,14 @@ def _random_maker(cfg, space, budget_ms: float):
 
 # -- latency of the shipped networks ----------------------------------------
 def shipped_classifier(deploy_config: str) -> torch.nn.Module:
-    """The fused classifier of a deploy config, as its tensor output (what
-    mmdeploy exports): backbone, neck and head."""
+    """The fused classifier of a deploy config as mmdeploy exports it (its
+    tensor output): backbone, neck and head."""
     from mmengine.config import Config
 
     from repnas_mm.deploy.model import build_model_unchecked
-    model = build_model_unchecked(Config.fromfile(deploy_config)).eval()
-
-    class Tensor(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, x):
-            return self.model(x, mode='tensor')
-    return Tensor()
+    from repnas_mm.deploy.onnx import TensorOutputs
+    return TensorOutputs(build_model_unchecked(
+        Config.fromfile(deploy_config))).eval()
 
 
 def measure_latency(runs: Sequence[dict], space, batches=(1, 8),
@@ -173,7 +157,7 @@ def measure_latency(runs: Sequence[dict], space, batches=(1, 8),
     milliseconds (``'predicted'``)."""
     import tempfile
 
-    from repnas_mm.deploy.latency_table import export_onnx, ort_runner
+    from repnas_mm.deploy.latency_table import export_static, ort_runner
     key = timing_key(space)
     nets = {}
     for run in runs:
@@ -188,7 +172,7 @@ def measure_latency(runs: Sequence[dict], space, batches=(1, 8),
             torch.manual_seed(0)
             example = torch.randn(batch, channels, space.input_size,
                                   space.input_size)
-            paths = {name: export_onnx(net, example, osp.join(
+            paths = {name: export_static(net, example, osp.join(
                 folder, f'{name}_b{batch}.onnx'))
                 for name, net in nets.items()}
             log(f'[width study] timing {len(paths)} networks at batch '

@@ -254,8 +254,11 @@ def _time_onnx(shape: LayerShape, key: dict, repeats: int,
     return time_module(shape.module(), example, key, repeats, min_seconds)
 
 
-def export_onnx(module: nn.Module, example: torch.Tensor, path: str) -> str:
-    """``module`` exported to ONNX at ``path``, input named ``input``."""
+def export_static(module: nn.Module, example: torch.Tensor, path: str) -> str:
+    """``module`` exported to ONNX at ``path`` for timing: every shape fixed
+    to ``example``'s (what ONNX Runtime times is the shape the table keys),
+    input named ``input``. Deployment exports with dynamic axes and checks
+    (:func:`repnas_mm.deploy.onnx.export_onnx`)."""
     import warnings
 
     from .onnx import OPSET
@@ -280,7 +283,7 @@ def ort_runner(model, example: torch.Tensor,
                                        providers=[key['provider']])
     else:
         with tempfile.TemporaryDirectory() as folder:
-            path = export_onnx(model, example, osp.join(folder, 'm.onnx'))
+            path = export_static(model, example, osp.join(folder, 'm.onnx'))
             session = ort.InferenceSession(path, options,
                                            providers=[key['provider']])
     # Input and output stay bound to ONNX Runtime tensors made once: a
@@ -412,5 +415,5 @@ def multiply_add_table(net, input_size: int,
 
 __all__ = ['LatencyTable', 'LatencyTableError', 'LayerShape',
            'PlainClassifier', 'grid_shapes', 'grid_widths',
-           'export_onnx', 'multiply_add_table', 'network_shapes',
+           'export_static', 'multiply_add_table', 'network_shapes',
            'ort_runner', 'runtime_key', 'time_module']

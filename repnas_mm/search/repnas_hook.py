@@ -161,20 +161,8 @@ class RepNASHook(Hook):
             logger='current')
 
     def _width_space(self, model) -> WidthSpace:
-        from repnas_mm.deploy.latency_table import LatencyTable, runtime_key
-        from repnas_mm.models.backbones.odbbnet import ODBBNet
-        cfg = dict(self.width_cfg)
-        nets = [m for m in model.modules() if isinstance(m, ODBBNet)]
-        if len(nets) != 1:
-            raise ValueError('RepNASHook(widths=...) searches the widths of '
-                             f'one ODBBNet; the model has {len(nets)}')
-        runtime = cfg.pop('runtime', None)
-        table = LatencyTable.load(
-            cfg.pop('table'), runtime_key(**runtime) if runtime else None)
-        head = getattr(model, 'head', None)
-        cfg.setdefault('num_classes', getattr(head, 'num_classes', None))
-        cfg.setdefault('seed', self.seed)
-        space = WidthSpace(nets[0], table, **cfg)
+        space = WidthSpace.from_config(
+            model, dict(dict(seed=self.seed), **self.width_cfg))
         return space.to(next(model.parameters()).device)
 
     def _check_schedulers(self, runner):

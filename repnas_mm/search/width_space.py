@@ -78,6 +78,7 @@ class WidthSpace(nn.Module):
         super().__init__()
         from repnas_mm.deploy.latency_table import network_shapes
         self._backbone = [backbone]  # not a submodule: the model owns it
+        self.input_size = input_size
         self.table = table
         self._shapes = lambda widths: network_shapes(
             backbone, input_size, num_classes, widths)
@@ -117,6 +118,29 @@ class WidthSpace(nn.Module):
         self.cost = self._layer_costs()
         self.fixed = False
         self.keep: List[Tensor] = [torch.arange(w) for w in self.full]
+
+    @classmethod
+    def from_config(cls, model: nn.Module, widths: dict, **overrides):
+        """The space of ``model``'s one ODBBNet from ``RepNASHook``'s
+        ``widths`` dict (``table``: the JSON file, ``runtime``: the key it
+        must have, the rest :class:`WidthSpace`'s arguments; the head's
+        classes unless given), ``overrides`` on top."""
+        from repnas_mm.deploy.latency_table import LatencyTable, runtime_key
+        from repnas_mm.models.backbones.odbbnet import ODBBNet
+        nets = [m for m in model.modules() if isinstance(m, ODBBNet)]
+        if len(nets) != 1:
+            raise ValueError('RepNASHook(widths=...) searches the widths of '
+                             f'one ODBBNet; the model has {len(nets)}')
+        cfg = dict(widths, **overrides)
+        runtime = cfg.pop('runtime', None)
+        table = LatencyTable.load(
+            cfg.pop('table'), runtime_key(**runtime) if runtime else None)
+        if 'budget_ratio' in overrides or 'budget_ms' in overrides:
+            for key in {'budget_ratio', 'budget_ms'} - set(overrides):
+                cfg.pop(key, None)
+        head = getattr(model, 'head', None)
+        cfg.setdefault('num_classes', getattr(head, 'num_classes', None))
+        return cls(nets[0], table, **cfg)
 
     @property
     def backbone(self) -> nn.Module:
