@@ -18,6 +18,7 @@ if find_spec('mmengine') is not None:
     try:
         from . import models  # noqa: F401  (registers modules)
         from .search import bn_hook, dyrep_hook, optim, repnas_hook  # noqa: F401
+        from . import quant  # noqa: F401  (QuantAwareRunner, QATHook)
         from .checkpoint import install_loaders
         from .config import register_package_scope
         install_loaders()  # checkpoints load without running their code

@@ -56,13 +56,20 @@ def test_demo_pipeline_quick(tmp_path):
     assert deployed['calibration']['images'] == 16
     assert deployed['drop'] == pytest.approx(deployed['fp32'] -
                                              deployed['int8'])
-    assert numbers['int8_test_map'] == deployed['int8'] / 100
+    # Then the quantization-aware fine-tune, shipped with its own scales.
+    qat = json.loads((work / 'deploy_qat' / 'deploy_result.json')
+                     .read_text())['int8']
+    assert qat['calibration']['method'] == 'trained (QAT)'
+    assert qat['test_images'] == 16
+    assert numbers['int8_ptq_test_map'] == deployed['int8'] / 100
+    assert numbers['int8_test_map'] == qat['int8'] / 100
     assert numbers['det_test_map'] == deployed['fp32'] / 100
-    assert numbers['int8_speedup'] == deployed['speedup']
-    int8_map, fp32_map = (float(v.rstrip(',')) for v in summary[
-        'INT8 vs fp32 bbox mAP (ONNX Runtime)'].split()[:3:2])
-    assert int8_map == pytest.approx(deployed['int8'] / 100, abs=5e-4)
+    assert numbers['int8_speedup'] == qat['speedup']
+    line = summary['INT8 (QAT) vs fp32 bbox mAP (ONNX Runtime)']
+    int8_map, fp32_map = (float(v.rstrip(',')) for v in line.split()[:3:2])
+    assert int8_map == pytest.approx(qat['int8'] / 100, abs=5e-4)
     assert fp32_map == pytest.approx(deployed['fp32'] / 100, abs=5e-4)
+    assert f'post-training INT8: {deployed["int8"] / 100:.3f}' in line
     # The fused detector runs fewer ops than the 22-branch one: faster,
     # by the ratio of the latency table's own numbers.
     latency = json.loads((work / 'latency' / 'latency.json').read_text())

@@ -206,3 +206,74 @@ def test_deploy_tool_stops_when_the_real_int8_check_fails(searched_qf,
     assert sum(line.startswith(('error', 'Traceback')) for line in err) == 1
     assert '(--int8-tolerance -100); nothing was written' in err[-1]
     assert [p.name for p in out.iterdir()] == ['earlier.txt']
+
+
+@pytest.mark.slow
+def test_qat_fine_tune_deploys_with_its_trained_scales(searched_qf,
+                                                       tmp_path):
+    """tools/train.py with the shipped QAT config from the searched
+    checkpoint, then tools/deploy.py --int8: the INT8 model holds exactly
+    the scales the fine-tune trained (none calibrated), and the tolerance
+    check still refuses."""
+    import onnx
+
+    from mmengine.config import Config
+
+    from repnas_mm.deploy.model import build_model_unchecked
+    from repnas_mm.deploy.quantize import read_scales
+    from repnas_mm.rep.quant import act_quantizers, quantized_layers
+    data = Config.fromfile(searched_qf['config']).data_root
+    config = tmp_path / 'qat.py'
+    config.write_text(f"""_base_ = '{REPO}/configs/demo/odbb_fmnist_qat_cls.py'
+data_root = '{data}'
+model = dict(backbone=dict(form='quant_friendly'))
+train_dataloader = dict(dataset=dict(data_root=data_root))
+val_dataloader = dict(dataset=dict(data_root=data_root))
+test_dataloader = dict(dataset=dict(data_root=data_root))
+load_from = '{searched_qf["checkpoint"]}'
+train_cfg = dict(max_epochs=1)
+param_scheduler = dict(T_max=1, end=1)
+""")
+    proc = run_tool('tools/train.py', config, '--work-dir', tmp_path / 'qat')
+    log = proc.stdout + proc.stderr
+    assert 'QAT: 7 quantized layers, 8 activation ranges calibrated on 8 ' \
+        'training batches' in log, log[-3000:]
+    checkpoint = (tmp_path / 'qat' / 'last_checkpoint').read_text().strip()
+
+    out = tmp_path / 'deploy'
+    run_tool('tools/deploy.py', config, checkpoint, '--work-dir', out,
+             '--int8', '--num-images', '1', '--int8-tolerance', '100')
+    int8 = json.loads((out / 'deploy_result.json').read_text())['int8']
+    assert int8['calibration']['method'] == 'trained (QAT)'
+    assert int8['fp32'] >= 30 and int8['int8'] >= 30, int8
+    assert 'quantization-aware training learned' in (out / 'int8.md').read_text()
+    # The trained scales, read back from the ONNX file.
+    model = build_model_unchecked(Config.fromfile(str(config)))
+    state = torch.load(checkpoint, map_location='cpu',
+                       weights_only=False)['state_dict']
+    model.load_state_dict(state)
+    trained = {q.scale_zero_point() for q in act_quantizers(model)}
+    written = read_scales(str(out / 'int8' / 'end2end.onnx'))
+    acts = {(float(s), int(z)) for s, z in written.values()
+            if z.dtype == np.uint8}
+    assert acts == trained and len(acts) == 8
+    weights = [s for s, z in written.values() if z.dtype == np.int8]
+    assert len(weights) == 7
+    layers = [layer.quant.weight_scale(layer).numpy()
+              for layer in quantized_layers(model).values()]
+    for scale in weights:
+        assert any(s.shape == scale.shape and np.array_equal(s, scale)
+                   for s in layers)
+    ops = {n.op_type for n in onnx.load(out / 'int8' / 'end2end.onnx')
+           .graph.node}
+    assert 'Relu' not in ops  # fused into the convs' quantized outputs
+
+    # The tolerance check stands for a QAT model too: exit 1, one line,
+    # nothing written.
+    refused = tmp_path / 'refused'
+    proc = run_tool('tools/deploy.py', config, checkpoint, '--work-dir',
+                    refused, '--int8', '--num-images', '1',
+                    '--int8-tolerance', '-100', check=False)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and err[-1].startswith('error: INT8 top-1 ')
+    assert not refused.exists()

@@ -10,6 +10,7 @@ detectors); and both are timed side by side in ONNX Runtime
 (``int8/``: the fp32 folder's ``deploy.json``, ``pipeline.json``,
 ``detail.json`` and the INT8 ``end2end.onnx``), checked in mmdeploy's SDK.
 """
+import functools
 import math
 import os
 import os.path as osp
@@ -25,6 +26,8 @@ from .model import DeployError
 from .quantize import calibration_images, quantize
 
 INT8_DIR = 'int8'
+#: ``calibration.method`` of an INT8 model with a QAT model's scales.
+QAT_METHOD = 'trained (QAT)'
 
 
 def time_models(paths: Dict[str, str], example: np.ndarray,
@@ -73,10 +76,16 @@ def export_int8(deploy_cfg: str,
                 method: str = 'minmax',
                 tolerance: float = 1.0,
                 sdk_images: Sequence[str] = (),
-                log: Callable[[str], None] = print) -> dict:
+                log: Callable[[str], None] = print,
+                qat_model=None,
+                fp32_layers: int = 0) -> dict:
     """Quantize the SDK folder ``sdk_dir`` into ``sdk_dir/int8``, evaluated.
 
-    ``model_cfg`` is the fused model's deploy config. Raises
+    ``model_cfg`` is the fused model's deploy config. ``qat_model``: the
+    quantization-aware PyTorch model the folder was exported from, whose
+    trained scales the INT8 model gets (:mod:`.qat_export`; nothing is
+    calibrated). ``fp32_layers``: keep that many of the most sensitive
+    layers fp32 (:func:`~.quantize.sensitivity`). Raises
     :class:`DeployError` (and leaves ``sdk_dir/int8`` absent) when the
     INT8 model's metric is more than ``tolerance`` points below fp32's.
     Returns what was measured.
@@ -87,19 +96,31 @@ def export_int8(deploy_cfg: str,
     key, factor, label = judged_by(model.test_evaluator)
     fp32 = osp.join(sdk_dir, SDK_FILES[0])
     backends = dict(fp32=backend_model(task, fp32))
+    if qat_model is not None:
+        num_images, method = 1, QAT_METHOD
     inputs = [
         model_input(task, backends['fp32'], path)
         for path in calibration_images(Config.fromfile(model_cfg),
                                        num_images)
     ]
-    log(f'[deploy] INT8: calibrating on {len(inputs)} training image(s) '
-        f'({method})')
+    trained = None
+    if qat_model is not None:
+        from .qat_export import trained_overrides
+        trained = functools.partial(trained_overrides, qat_model,
+                                    example=inputs[0])
+        log('[deploy] INT8: the scales the quantization-aware model '
+            'trained (no calibration)')
+    else:
+        log(f'[deploy] INT8: calibrating on {len(inputs)} training '
+            f'image(s) ({method})')
     out = osp.join(sdk_dir, INT8_DIR)
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     int8 = osp.join(out, SDK_FILES[0])
     try:
-        quantize(fp32, int8, inputs, method, log)
+        quantized = quantize(fp32, int8, inputs,
+                             'minmax' if trained else method, log, trained,
+                             fp32_layers)
         for name in SDK_FILES[1:]:
             shutil.copy(osp.join(sdk_dir, name), osp.join(out, name))
         backends['int8'] = backend_model(task, int8)
@@ -130,6 +151,7 @@ def export_int8(deploy_cfg: str,
         drop=drop,
         tolerance=tolerance if math.isfinite(tolerance) else None,
         calibration=dict(method=method, images=len(inputs)),
+        **quantized,
         latency=latency,
         speedup=latency['int8']['speedup'],
         sdk_error=sdk_gap,
@@ -159,14 +181,21 @@ def table(result: dict) -> str:
         f'{lat[what]["images_per_second"]:.1f}', f'{lat[what]["speedup"]:.2f}x'
     ] for what in ('fp32', 'int8')]
     cal = result['calibration']
+    scales = ('the scales quantization-aware training learned'
+              if cal['method'] == QAT_METHOD else
+              f'calibration: {cal["method"]} on {cal["images"]} training '
+              'images')
+    kept = result.get('kept_fp32') or []
+    if kept:
+        scales += (f'; kept fp32 after the sensitivity pass: '
+                   f'{", ".join(kept)}')
     return (markdown_table(
         ['model', result['metric_label'], 'ms / image (ORT)', 'images / s',
          'speed vs fp32'], rows) +
         f'\n\nINT8 drop {result["drop"]:.2f} points (tolerance '
-        f'{result["tolerance"]}); calibration: {cal["method"]} on '
-        f'{cal["images"]} training images; ONNX Runtime CPU, '
+        f'{result["tolerance"]}); {scales}; ONNX Runtime CPU, '
         f'{torch.get_num_threads()} threads, batch 1, median of round-robin '
         'repeats (speed: of the per-repeat ratios).\n')
 
 
-__all__ = ['INT8_DIR', 'export_int8', 'table', 'time_models']
+__all__ = ['INT8_DIR', 'QAT_METHOD', 'export_int8', 'table', 'time_models']

@@ -20,10 +20,12 @@ class DeployError(UserError):
 
 
 def build_model_unchecked(cfg) -> nn.Module:
-    """The config's model in its registry scope (it need not have ODBBs)."""
+    """The config's model in its registry scope (it need not have ODBBs),
+    quantization-aware if the config says so (its ``quantize``)."""
     from mmengine.registry import MODELS, init_default_scope
+    from repnas_mm.quant import prepare_from_config
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
-    return MODELS.build(cfg.model)
+    return prepare_from_config(MODELS.build(cfg.model), cfg)
 
 
 def build_model(cfg) -> nn.Module:

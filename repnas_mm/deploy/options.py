@@ -46,10 +46,14 @@ class Int8Options:
         tolerance: the most points of the config's metric INT8 may lose.
         calib_images: training images to calibrate on.
         calib_method: one of :data:`CALIBRATION_METHODS`.
+        fp32_layers: after a sensitivity pass (each quantized layer alone
+            quantized, the error of the model's outputs measured), keep
+            this many of the most sensitive layers in fp32.
     """
     tolerance: float = 1.0
     calib_images: int = 256
     calib_method: str = 'minmax'
+    fp32_layers: int = 0
 
     def __post_init__(self):
         if self.calib_method not in CALIBRATION_METHODS:
@@ -59,6 +63,9 @@ class Int8Options:
         if self.calib_images < 1:
             raise DeployError(f'calib_images must be at least 1, got '
                               f'{self.calib_images}')
+        if self.fp32_layers < 0:
+            raise DeployError(f'fp32_layers must be at least 0, got '
+                              f'{self.fp32_layers}')
 
 
 def as_options(value, cls):

@@ -15,6 +15,7 @@ from typing import Callable, Optional, Union
 from repnas_mm.atomic import atomic_path
 from repnas_mm.config import read_config
 from repnas_mm.rep import named_odbbs, reparameterize_model
+from repnas_mm.rep.quant import act_quantizers
 
 from .fused_config import deploy_config
 from .int8 import INT8_DIR
@@ -85,7 +86,7 @@ def deploy(config: str,
                            paths, stage, export.tolerance, log))
         if int8 is not None:
             result['int8'] = _write_int8(deploy_cfg, result['config'], stage,
-                                         int8, paths, log)
+                                         int8, paths, log, model)
         result = moved(result, stage, osp.abspath(work_dir))
         write_json(result, osp.join(stage, 'deploy_result.json'))
         written = sorted(os.listdir(stage))
@@ -179,11 +180,19 @@ def _write_fused(cfg, fused, info, checkpoint, error, work_dir, name, log):
 
 
 def _write_int8(deploy_cfg, model_cfg, stage, options: Int8Options, images,
-                log) -> dict:
-    """INT8 of the export, evaluated, and its table (``int8.md``)."""
+                log, model) -> dict:
+    """INT8 of the export, evaluated, and its table (``int8.md``); with
+    the scales ``model`` trained if it is quantization-aware."""
     from .int8 import export_int8, table
+    from .qat_export import is_quantization_aware
+    qat = model if is_quantization_aware(model) else None
+    if qat is None and act_quantizers(model):
+        raise DeployError('the model is quantization-aware but its '
+                          'checkpoint has no trained scales (not calibrated: '
+                          'was it trained with QATHook?)')
     result = export_int8(deploy_cfg, model_cfg, stage, options.calib_images,
-                         options.calib_method, options.tolerance, images, log)
+                         options.calib_method, options.tolerance, images, log,
+                         qat_model=qat, fp32_layers=options.fp32_layers)
     with atomic_path(osp.join(stage, 'int8.md')) as tmp:
         with open(tmp, 'w') as f:
             f.write(table(result))

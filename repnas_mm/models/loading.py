@@ -14,6 +14,7 @@ import torch.nn as nn
 from repnas_mm.checkpoint import CheckpointError
 from repnas_mm.rep.block import ODBB
 from repnas_mm.rep.forms import forms_in_state
+from repnas_mm.rep.quant import is_quantizer_key
 
 
 class CheckpointMismatch(CheckpointError, ValueError):
@@ -33,10 +34,11 @@ def load_checked(module: nn.Module, state: dict, source: str,
     """
     own = module.state_dict()
     # Checkpoints from before ODBBs saved their branch mask and form lack
-    # them; the block keeps the branches it was built with.
+    # them; the block keeps the branches it was built with. An fp32
+    # checkpoint lacks a quantization-aware model's quantizers.
     optional = tuple('.' + key for key in ODBB.OPTIONAL)
     own = {k: v for k, v in own.items()
-           if k in state or not k.endswith(optional)}
+           if k in state or not (k.endswith(optional) or is_quantizer_key(k))}
     missing = [k for k in own if k not in state]
     if missing:
         raise CheckpointMismatch(

@@ -5,6 +5,10 @@
         [--calib-images 256] [--calib-method minmax] [--cfg-options ...]
     python tools/benchmark_int8.py latency [--arch A0] [--input-size 224]
         [--batch-sizes 1 8] [--out-dir DIR]
+    python tools/benchmark_int8.py steps CONFIG QAT_CONFIG --work-dir DIR
+        [--seeds 0 1 2] [--calib-images 64] [--fp32-layers 2]
+        [--time-size 512] [--time-batches 1 8] [--qf-options ...]
+        [--cfg-options ...]
 
 accuracy: CONFIG is a RepNAS search config (configs/demo/odbb_fmnist_cls.py,
 configs/demo/odbb_cifar10_subset_cls.py). Each seed trains it twice with
@@ -18,6 +22,14 @@ Finished runs are reused when run again.
 latency: the fused A0 classifier (1000 classes, random weights with random
 BN statistics), fp32 against its INT8 quantization (QDQ, per-channel),
 in ONNX Runtime on this machine's CPU, round-robin, medians; OUT/latency_int8.{md,json}.
+
+steps: what each INT8 step buys (repnas_mm/compare/int8_steps.py): per seed,
+CONFIG trained with standard and with quantization-friendly blocks
+(--qf-options: what else that run changes, e.g. a detector's backbone
+source), the standard network fine-tuned with QAT_CONFIG, then standard PTQ,
+quant-friendly PTQ, + the sensitivity fallback (--fp32-layers layers fp32),
+and QAT deployed in INT8 and evaluated on the test split; the first seed's
+models timed side by side at --time-size px. DIR/int8_steps.{md,json}.
 """
 import argparse
 import json
@@ -138,6 +150,14 @@ def latency(args):
                       results={str(b): r for b, r in results.items()}), 'int8')
 
 
+def steps(args):
+    from repnas_mm.compare.int8_steps import run_study
+    run_study(args.config, args.qat_config, args.work_dir, args.seeds,
+              args.cfg_options, args.qf_options, args.calib_images,
+              args.fp32_layers, args.time_size, args.time_batches,
+              args.repeats, args.command)
+
+
 def _cpu():
     try:
         with open('/proc/cpuinfo') as f:
@@ -167,10 +187,23 @@ def main(argv=None):
     lat.add_argument('--repeats', type=int, default=10)
     lat.add_argument('--iters', type=int, default=3)
     lat.add_argument('--out-dir', default='work_dirs/int8')
+    stp = sub.add_parser('steps', help='standard / quant-friendly PTQ, '
+                         'fallback, QAT: accuracy and speed')
+    stp.add_argument('config')
+    stp.add_argument('qat_config')
+    stp.add_argument('--work-dir', required=True)
+    stp.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    stp.add_argument('--calib-images', type=int, default=64)
+    stp.add_argument('--fp32-layers', type=int, default=2)
+    stp.add_argument('--time-size', type=int, default=512)
+    stp.add_argument('--time-batches', nargs='+', type=int, default=[1, 8])
+    stp.add_argument('--repeats', type=int, default=10)
+    stp.add_argument('--qf-options', nargs='+', action=DictAction)
+    stp.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = parser.parse_args(argv)
     args.command = command_line([__file__] + list(
         sys.argv[1:] if argv is None else argv))
-    (accuracy if args.mode == 'accuracy' else latency)(args)
+    dict(accuracy=accuracy, latency=latency, steps=steps)[args.mode](args)
     return 0
 
 

@@ -6,7 +6,8 @@
         [--images FILE_OR_DIR ...] [--format {repnas,mmpretrain-repvgg}]
         [--tolerance 1e-4] [--benchmark]
         [--int8 [--int8-tolerance 1.0] [--calib-images 256]
-                [--calib-method {minmax,entropy,percentile}]]
+                [--calib-method {minmax,entropy,percentile}]
+                [--int8-fp32-layers K]]
 
 Steps: load (the checkpoint's searched architecture first, then its weights)
 -> fuse every ODBB (and turn every RefConv into the plain conv of its
@@ -22,10 +23,12 @@ moved into place only after mmdeploy's ONNX Runtime backend and its SDK
 (mmdeploy_runtime) agreed with PyTorch on the real images (exit 1 otherwise).
 --int8 (implies --onnx): ONNX Runtime static quantization of that export (QDQ,
 per-channel INT8 weights), calibrated on --calib-images training images of the
-config, into an SDK folder DIR/int8/; fp32 and INT8 are evaluated on the
-config's validation set with its own metric (top-1, or CocoMetric bbox mAP)
-and timed in ONNX Runtime; an INT8 metric more than --int8-tolerance points
-below fp32's exits 1. DIR/deploy_result.json records what was measured. A
+config (a quantization-aware checkpoint, from a config with `quantize`: the
+scales it trained, nothing calibrated), into an SDK folder DIR/int8/;
+--int8-fp32-layers K keeps the K most sensitive layers fp32; fp32 and INT8
+are evaluated on the config's test set with its own metric (top-1, or
+CocoMetric bbox mAP) and timed in ONNX Runtime; an INT8 metric more than
+--int8-tolerance points below fp32's exits 1. DIR/deploy_result.json records what was measured. A
 deployment is written whole or not at all: any failed check leaves DIR as it
 was. --benchmark then runs tools/benchmark_latency.py on the config.
 """
@@ -104,6 +107,14 @@ def parse_args(argv=None):
         choices=CALIBRATION_METHODS,
         default=Int8Options.calib_method,
         help='how activation ranges are calibrated')
+    int8.add_argument(
+        '--int8-fp32-layers',
+        type=int,
+        default=Int8Options.fp32_layers,
+        metavar='K',
+        help='keep the K layers whose quantization costs most in fp32 '
+        '(a sensitivity pass: each layer quantized alone, the error of '
+        'the outputs measured on calibration images; reported)')
     return parser.parse_args(argv)
 
 
@@ -111,7 +122,8 @@ def options(args):
     """The argument groups as deploy()'s option objects."""
     verify = VerifyOptions(args.images, args.num_images, args.tolerance)
     int8 = Int8Options(args.int8_tolerance, args.calib_images,
-                       args.calib_method) if args.int8 else None
+                       args.calib_method, args.int8_fp32_layers) \
+        if args.int8 else None
     export = ExportOptions(args.deploy_cfg, args.export_tolerance) \
         if args.onnx or args.int8 else None
     return dict(verify=verify, export=export, int8=int8)

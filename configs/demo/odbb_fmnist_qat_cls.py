@@ -1,0 +1,19 @@
+# Quantization-aware fine-tuning of the demo's searched classifier (./odbb_fmnist_cls.py) for
+# INT8 (docs/int8.md): the searched architecture and weights come from its checkpoint (no search
+# here); each ODBB trains on its fake-quantized composed kernel. `tools/deploy.py --int8` then
+# exports the trained scales.
+#   python tools/train.py configs/demo/odbb_fmnist_qat_cls.py \
+#       --cfg-options load_from=work_dirs/demo/classifier/epoch_9.pth
+_base_ = ['./odbb_fmnist_cls.py', '../_base_/settings/qat.py']
+
+quantize = dict(probe_size=32)
+load_from = 'work_dirs/demo/classifier/epoch_9.pth'
+custom_hooks = [_base_.qat_hook]
+max_epochs = 2
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='SGD', lr=0.002, momentum=0.9, weight_decay=1e-4),
+    paramwise_cfg=_base_.qat_paramwise_cfg)
+param_scheduler = dict(T_max=max_epochs, begin=0, end=max_epochs)
+train_cfg = dict(max_epochs=max_epochs, val_interval=1)
