@@ -10,10 +10,6 @@ quantize = dict(probe_size=32)
 load_from = 'work_dirs/demo/classifier/epoch_9.pth'
 custom_hooks = [_base_.qat_hook]
 max_epochs = 2
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(type='SGD', lr=0.002, momentum=0.9, weight_decay=1e-4),
-    paramwise_cfg=_base_.qat_paramwise_cfg)
+optim_wrapper = _base_.qat_sgd_optim_wrapper
 param_scheduler = dict(T_max=max_epochs, begin=0, end=max_epochs)
 train_cfg = dict(max_epochs=max_epochs, val_interval=1)
