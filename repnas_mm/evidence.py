@@ -31,10 +31,13 @@ _MACHINE = re.compile(
 # What a study's evidence keeps: tables and figures at the top, and per run
 # its result, log and the architectures it drew or found.
 KEEP_TOP = ('results.json', 'results.md', 'results.png', 'int8.json',
-            'int8.md', 'summary.json', 'accuracy_latency.png',
-            'latency_table.json')
+            'int8.md', 'int8_steps.json', 'int8_steps.md', 'summary.json',
+            'accuracy_latency.png', 'latency_table.json')
 KEEP_RUN = ('result.json', 'train.log', 'random_arch.json', 'int8.json',
             'int8_table.md', 'searched_arch.json')
+#: What a deployment (``tools/deploy.py --work-dir``) in a sub-folder of the
+#: study leaves that a reader checks: its result, and its INT8 table.
+KEEP_DEPLOY = ('deploy_result.json', 'int8.md')
 
 
 def machine_paths(text: str, extra: Iterable[str] = ()) -> List[str]:
@@ -100,11 +103,19 @@ def _is_tool(path: str) -> bool:
 
 def evidence_files(work_dir: str) -> List[Tuple[str, str]]:
     """``(source, relative destination)`` of a study's evidence: the
-    top-level tables (``KEEP_TOP``) and, under ``runs/``, each run's
+    top-level tables (``KEEP_TOP``), each deployment's result in a
+    sub-folder (``KEEP_DEPLOY``), and, under ``runs/``, each run's
     ``KEEP_RUN`` files (the search's architecture is written beside its
     checkpoints, in ``train/``)."""
     files = [(osp.join(work_dir, name), name) for name in KEEP_TOP
              if osp.isfile(osp.join(work_dir, name))]
+    for result in sorted(glob.glob(osp.join(work_dir, '*',
+                                            KEEP_DEPLOY[0]))):
+        folder = osp.dirname(result)
+        files += [(osp.join(folder, name),
+                   osp.join(osp.basename(folder), name))
+                  for name in KEEP_DEPLOY
+                  if osp.isfile(osp.join(folder, name))]
     results = glob.glob(osp.join(work_dir, 'runs', '**', 'result.json'),
                         recursive=True)
     for run_dir in sorted(osp.dirname(p) for p in results):

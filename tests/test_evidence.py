@@ -89,9 +89,16 @@ def test_publish_keeps_the_evidence_and_drops_the_rest(tmp_path):
     (run / 'config.py').write_text(f"work_dir = '{work}'\n")
     (run / 'train' / 'searched_arch.json').write_text('{}')
     (run / 'train' / 'epoch_1.pth').write_bytes(b'x')
+    deployed = work / 'deploy'  # a deployment: its result and INT8 table
+    deployed.mkdir()
+    (deployed / 'deploy_result.json').write_text(json.dumps(
+        dict(onnx=f'{deployed}/end2end.onnx')))
+    (deployed / 'int8.md').write_text('int8 table')
+    (deployed / 'end2end.onnx').write_bytes(b'x')
     written = publish(str(work), str(out),
                       aliases=[(str(work), 'work_dirs/study')])
     assert sorted(os.path.relpath(p, out) for p in written) == [
+        'deploy/deploy_result.json', 'deploy/int8.md',
         'results.json', 'results.md', 'runs/repnas/seed_0/result.json',
         'runs/repnas/seed_0/searched_arch.json', 'runs/repnas/seed_0/train.log']
     result = json.loads((out / 'runs/repnas/seed_0/result.json').read_text())

@@ -94,6 +94,22 @@ def claims():
                 f'{_pair(drops["int8_cifar10_subset"]["quant_friendly"]["drop"])}'
                 f' / {_pair(drops["int8_cifar10_subset"]["standard"]["drop"])}'
                 .replace('-', '−')))
+    # What each INT8 step buys (tools/benchmark_int8.py steps), 3 seeds.
+    steps = {name: _json(f'{name}/int8_steps.json')['methods']
+             for name in ('int8_steps_demo_detector',
+                          'int8_steps_cifar10_subset')}
+    det, cls = steps['int8_steps_demo_detector'], \
+        steps['int8_steps_cifar10_subset']
+    for rows in (det, cls):
+        for row in rows.values():  # the tables of docs/int8.md
+            out.append(('docs/int8.md', _pair(row['drop'])))
+    readme = [det['standard PTQ'], det['standard PTQ + fallback'],
+              det['quant-friendly PTQ'], det['quant-friendly PTQ + fallback'],
+              det['QAT'], cls['standard PTQ'], cls['QAT']]
+    out += [('README.md', _pair(row['drop']).replace('-', '−'))
+            for row in readme]
+    out.append(('README.md', f'{det["QAT"]["speedup"]["1"]:.2f}× / '
+                f'{det["QAT"]["speedup"]["8"]:.2f}×'))
     # RefConv.
     demo_gain = _json('refconv_demo/refconv.json')['summary']['gain']
     cifar_gain = _json('refconv_resnet18_cifar10_subset/refconv.json')[

@@ -2,10 +2,12 @@
 
 For each seed, the config is trained twice (standard blocks, and
 ``form='quant_friendly'``), the standard network is fine-tuned
-quantization-aware (the QAT config, from its checkpoint), and four INT8
+quantization-aware (the QAT config, from its checkpoint), and five INT8
 models are deployed with ``tools/deploy.py --int8``'s function:
 
 - ``standard PTQ``: the standard network, calibrated;
+- ``standard PTQ + fallback``: the same, its most sensitive layers kept
+  fp32 (the sensitivity pass);
 - ``quant-friendly PTQ``: the quantization-friendly one, calibrated;
 - ``quant-friendly PTQ + fallback``: the same, its most sensitive layers
   kept fp32 (the sensitivity pass);
@@ -13,7 +15,7 @@ models are deployed with ``tools/deploy.py --int8``'s function:
 
 Each INT8 model's drop is measured against the fp32 network it came from as
 a user trained it (QAT: the standard network before the fine-tune), on the
-config's test split. Then the fp32 export and the four INT8 models of the
+config's test split. Then the fp32 export and the INT8 models of the
 first seed are timed side by side in ONNX Runtime at a deployment size.
 Finished steps are reused when run again.
 """
@@ -33,6 +35,7 @@ TRAINED = ('standard', 'quant_friendly', 'qat')
 #: The INT8 models: name -> (trained network, fp32 reference, fp32 layers?).
 METHODS = {
     'standard PTQ': ('standard', 'standard', False),
+    'standard PTQ + fallback': ('standard', 'standard', True),
     'quant-friendly PTQ': ('quant_friendly', 'quant_friendly', False),
     'quant-friendly PTQ + fallback': ('quant_friendly', 'quant_friendly',
                                       True),
