@@ -13,7 +13,8 @@ from repnas_mm.rep import build_odbb, reparameterize_model
 from repnas_mm.rep.quant import (ActQuant, act_quantizers, calibrate,
                                  fake_quant_weight, is_quantizer_key, plan,
                                  prepare_qat, quantized_layers,
-                                 set_quantization, weight_scale)
+                                 set_quantization, strip_quantization,
+                                 weight_scale)
 
 from .equivalence import assert_close_rel, randomize_bn
 from .test_online import randomize_online
@@ -207,3 +208,51 @@ def test_an_fp32_checkpoint_loads_into_a_qat_model():
         bad = copy.deepcopy(cfg)
         bad.quantize = dict(probe=32)
         prepare_from_config(fp32, bad)
+
+
+def test_stripping_the_quantizers_gives_the_fp32_model_back():
+    net = randomize_bn(_Detector()).eval()
+    keys = set(net.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+    ref = net(x)
+    prepare_qat(net, lambda m: m(torch.zeros(1, 3, 16, 16)))
+    calibrate(net, [x], lambda m, b: m(b))
+    strip_quantization(net)
+    assert set(net.state_dict()) == keys and not quantized_layers(net)
+    for got, want in zip(net(x), ref):
+        assert torch.equal(got, want)  # every module's own forward again
+
+
+@pytest.mark.slow
+def test_qat_deploys_a_converted_residual_network(cifar10_tiny, tmp_path):
+    """A network this project did not build: mmpretrain's CIFAR ResNet-18,
+    its Conv+BN pairs converted to ODBBs (residual adds, downsampling
+    shortcuts; fusion gives Conv+BN pairs back). QAT through tools/train.py,
+    then tools/deploy.py --int8 with the trained scales."""
+    import json
+
+    from .conftest import REPO, cls_data_options, run_tool
+    config = tmp_path / 'qat.py'
+    config.write_text(f"""_base_ = ['{REPO}/configs/dyrep_resnet18_cifar10.py',
+         '{REPO}/configs/_base_/settings/qat.py']
+quantize = dict(probe_size=32)
+custom_hooks = [_base_.qat_hook]
+optim_wrapper = _base_.qat_sgd_optim_wrapper
+train_cfg = dict(max_epochs=1)
+param_scheduler = dict(T_max=1)
+train_dataloader = dict(batch_size=8)
+""")
+    options = ['--cfg-options', *cls_data_options(cifar10_tiny)]
+    proc = run_tool('tools/train.py', config, '--work-dir', tmp_path / 'w',
+                    *options)
+    # 17 ODBBs and the shortcuts' 3 convs; the fc is the output layer.
+    assert 'QAT: 20 quantized layers' in proc.stdout + proc.stderr
+    out = tmp_path / 'deploy'
+    run_tool('tools/deploy.py', config, tmp_path / 'w' / 'epoch_1.pth',
+             '--work-dir', out, '--int8', '--int8-tolerance', '100',
+             '--num-images', '2', *options)
+    result = json.loads((out / 'deploy_result.json').read_text())
+    assert result['fused_error'] < 1e-4
+    assert result['int8']['calibration']['method'] == 'trained (QAT)'
+    # The fused checkpoint and config are the fp32 ones.
+    assert 'quantize' not in (out / 'qat_deploy.py').read_text()

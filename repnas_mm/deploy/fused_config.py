@@ -11,8 +11,8 @@ def deploy_config(cfg, model):
     Every ODBBNet is built with ``deploy=True`` and the branches the model
     kept (so the file records the searched architecture); an
     ``ODBBConverted`` or ``RefConvConverted`` backbone becomes its stock
-    backbone; training-only parts (search hooks, optimizer constructor,
-    initialisation) are dropped.
+    backbone; training-only parts (search and QAT hooks, a QAT config's
+    quantization, optimizer constructor, initialisation) are dropped.
     """
     out = copy.deepcopy(cfg)
     kept = iter([b.branch_names for b in named_odbbs(model).values()])
@@ -41,8 +41,13 @@ def deploy_config(cfg, model):
     follow_backbone_widths(out.model)  # what reads it follows its widths
     out.custom_hooks = [
         h for h in out.get('custom_hooks', [])
-        if h.get('type') not in ('RepNASHook', 'DyRepHook')
+        if h.get('type') not in ('RepNASHook', 'DyRepHook', 'QATHook')
     ]
+    # The fused model is the fp32 one; a QAT run's scales are in its INT8
+    # model.
+    if out.get('runner_type') == 'QuantAwareRunner':
+        out.pop('runner_type')
+    out.pop('quantize', None)
     if 'optim_wrapper' in out:
         out.optim_wrapper.pop('constructor', None)
         out.optim_wrapper.pop('alpha_optimizer', None)

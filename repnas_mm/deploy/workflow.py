@@ -15,7 +15,8 @@ from typing import Callable, Optional, Union
 from repnas_mm.atomic import atomic_path
 from repnas_mm.config import read_config
 from repnas_mm.rep import named_odbbs, reparameterize_model
-from repnas_mm.rep.quant import act_quantizers
+from repnas_mm.rep.quant import (act_quantizers, set_quantization,
+                                 strip_quantization)
 
 from .fused_config import deploy_config
 from .int8 import INT8_DIR
@@ -118,11 +119,18 @@ def _fuse_and_verify(cfg, model, verify: VerifyOptions, exporting: bool,
     """(fused copy, batches, model inputs, result) once the fused copy
     computes what ``model`` does on real images, within the tolerance. A
     width-searched backbone (its blocks gated to their kept channels) is
-    fused narrow."""
+    fused narrow. A quantization-aware model is compared, and fused, as
+    the fp32 model it is without its quantizers (its INT8 scales go into
+    the INT8 model only: :func:`_write_int8`)."""
     batches = collect_batches(cfg, verify.images, verify.num_images)
     inputs = [model_inputs(model, b) for b in batches]
-    reference = [raw_outputs(model, x) for x in inputs]
-    fused = _narrow(reparameterize_model(model), log)
+    set_quantization(model, False)
+    try:
+        reference = [raw_outputs(model, x) for x in inputs]
+        fused = reparameterize_model(model)
+    finally:
+        set_quantization(model, True)
+    fused = _narrow(strip_quantization(fused), log)
     if exporting:
         refuse_unexportable(fused)
     error = relative_error(

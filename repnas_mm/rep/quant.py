@@ -462,6 +462,19 @@ def prepare_qat(model: nn.Module,
     return [e['name'] for e in planned]
 
 
+def strip_quantization(model: nn.Module) -> nn.Module:
+    """Undo :func:`prepare_qat` in place: every layer and folded BN runs
+    its own forward again, the quantizers are gone (the fp32 model, as
+    deployed before quantization); returned."""
+    for layer in quantized_layers(model).values():
+        bn = layer.quant.bn
+        if bn is not None and 'forward' in vars(bn):
+            del bn.forward
+        del layer.quant
+        del layer.forward
+    return model
+
+
 def quantized_layers(model: nn.Module) -> Dict[str, nn.Module]:
     """The quantization-aware layers of ``model`` by name."""
     return {
@@ -519,6 +532,6 @@ def calibrate(model: nn.Module, batches, run: Callable[[nn.Module, Any],
 __all__ = [
     'ACT_QMAX', 'WEIGHT_QMAX', 'ActQuant', 'LayerQuant', 'act_quantizers',
     'act_scale_zero_point', 'calibrate', 'fake_quant_weight',
-    'is_quantizer_key', 'plan',
-    'prepare_qat', 'quantized_layers', 'set_quantization', 'weight_scale'
+    'is_quantizer_key', 'plan', 'prepare_qat', 'quantized_layers',
+    'set_quantization', 'strip_quantization', 'weight_scale'
 ]
