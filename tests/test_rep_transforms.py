@@ -24,6 +24,17 @@ def test_fuse_bn_matches_conv_then_bn():
     assert_close_rel(F.conv2d(x, k, b, padding=1), ref)
 
 
+def test_fuse_bn_folds_into_a_transposed_conv_along_its_axis_1():
+    x = torch.randn(2, 4, 5, 5)
+    kernel = torch.randn(4, 6, 4, 4)  # (in, out, kh, kw)
+    mean, var = torch.randn(6), torch.rand(6) + 0.5
+    gamma, beta = torch.randn(6), torch.randn(6)
+    ref = F.batch_norm(F.conv_transpose2d(x, kernel, stride=2, padding=1),
+                       mean, var, gamma, beta, eps=1e-5)
+    k, b = T.fuse_bn(kernel, mean, var, gamma, beta, 1e-5, axis=1)
+    assert_close_rel(F.conv_transpose2d(x, k, b, stride=2, padding=1), ref)
+
+
 def test_bn_of_zero_is_bn_output_for_zero_input():
     mean, var = torch.randn(5), torch.rand(5) + 0.5
     gamma, beta = torch.randn(5), torch.randn(5)

@@ -50,9 +50,9 @@ def _bn_stats(bn: nn.Module):
 
 
 def fuse_conv_bn(kernel: Tensor, bn: nn.Module,
-                 bias: Optional[Tensor] = None) -> KernelBias:
+                 bias: Optional[Tensor] = None, axis: int = 0) -> KernelBias:
     """:func:`fuse_bn` reading the statistics from a BN module."""
-    return fuse_bn(kernel, *_bn_stats(bn), bias=bias)
+    return fuse_bn(kernel, *_bn_stats(bn), bias=bias, axis=axis)
 
 
 def batch_norm(bn: nn.Module, x: Tensor,

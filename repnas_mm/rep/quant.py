@@ -41,6 +41,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from .block import ODBB
+from .branches import fuse_conv_bn
 from .transforms import KernelBias
 
 #: Symmetric INT8 weights: ``[-127, 127]`` (ONNX Runtime's symmetric range).
@@ -160,16 +161,6 @@ class ActQuant(nn.Module):
                 f'zero_point={zp}')
 
 
-def _fold_bn(kernel: Tensor, bias: Optional[Tensor], bn: nn.Module,
-             axis: int) -> KernelBias:
-    """``bn(conv(x))`` as one conv (running statistics), the output
-    channels along ``axis`` of ``kernel``."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    shift = -bn.running_mean if bias is None else bias - bn.running_mean
-    return (kernel * _along(scale, axis, kernel.dim()),
-            bn.bias + shift * scale)
-
-
 class LayerQuant(nn.Module):
     """What makes one layer (an ODBB, a ``Conv2d``, a ``ConvTranspose2d``)
     quantization-aware: it runs the layer as ``act_out(conv(act_in(x),
@@ -214,7 +205,7 @@ class LayerQuant(nn.Module):
         else:
             kernel, bias = layer.weight, layer.bias
         if self.bn is not None:
-            kernel, bias = _fold_bn(kernel, bias, self.bn, self.axis)
+            kernel, bias = fuse_conv_bn(kernel, self.bn, bias, self.axis)
         return kernel, bias
 
     def quantized_kernel(self, layer: nn.Module) -> KernelBias:

@@ -17,16 +17,19 @@ KernelBias = Tuple[Tensor, Tensor]
 
 def fuse_bn(kernel: Tensor, running_mean: Tensor, running_var: Tensor,
             gamma: Tensor, beta: Tensor, eps: float,
-            bias: Optional[Tensor] = None) -> KernelBias:
+            bias: Optional[Tensor] = None, axis: int = 0) -> KernelBias:
     """Conv followed by BN -> one conv (RepNAS Eq. 1, DBB I).
 
     ``F'_j = gamma_j / sigma_j * F_j``,
     ``b'_j = beta_j + (b_j - mu_j) * gamma_j / sigma_j`` (``b = 0`` for a
-    conv without ``bias``).
+    conv without ``bias``). ``axis``: the kernel's output-channel axis (1
+    for a transposed conv's ``(in, out, kh, kw)`` kernel).
     """
     scale = gamma / torch.sqrt(running_var + eps)
     shift = -running_mean if bias is None else bias - running_mean
-    return kernel * scale.reshape(-1, 1, 1, 1), beta + shift * scale
+    shape = [1] * kernel.dim()
+    shape[axis] = -1
+    return kernel * scale.reshape(shape), beta + shift * scale
 
 
 def bn_of_zero(running_mean: Tensor, running_var: Tensor, gamma: Tensor,
