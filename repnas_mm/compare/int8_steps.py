@@ -30,7 +30,7 @@ from repnas_mm.atomic import atomic_path
 from repnas_mm.benchmark import markdown_table, mean_std, write_report
 from repnas_mm.experiments import last_checkpoint, run_logged, tool_command
 
-#: The trained networks: name -> (which config, extra options).
+#: The trained networks, in training order (QAT starts from the standard one).
 TRAINED = ('standard', 'quant_friendly', 'qat')
 #: The INT8 models: name -> (trained network, fp32 reference, fp32 layers?).
 METHODS = {
