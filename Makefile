@@ -15,7 +15,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.repnas_mm-setup
 SETUP_INPUTS := requirements/torch.txt requirements/runtime.txt requirements/tests.txt \
-	requirements/deploy.txt requirements/mim.txt requirements/cuda.txt \
+	requirements/deploy.txt requirements/mim.txt requirements/cuda.txt requirements/ray.txt \
 	requirements/build.txt setup.py pyproject.toml scripts/setup_env.sh scripts/build_mmcv.py
 PYTEST_ARGS ?=
 DEMO_ARGS ?=

@@ -40,5 +40,6 @@ setup(
     extras_require={
         'mm': read_requirements('runtime.txt'),
         'tests': read_requirements('tests.txt'),
+        'ray': read_requirements('ray.txt'),
     },
 )

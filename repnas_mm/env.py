@@ -30,6 +30,7 @@ PACKAGES = (
     ('mmdeploy', 'MMDeploy', True),
     ('mmdeploy_runtime', 'MMDeploy SDK runtime', True),
     ('mim', 'OpenMIM', False),
+    ('ray', 'Ray', False),
 )
 
 

@@ -32,7 +32,8 @@ _MACHINE = re.compile(
 # its result, log and the architectures it drew or found.
 KEEP_TOP = ('results.json', 'results.md', 'results.png', 'int8.json',
             'int8.md', 'int8_steps.json', 'int8_steps.md', 'summary.json',
-            'accuracy_latency.png', 'latency_table.json')
+            'accuracy_latency.png', 'latency_table.json', 'engines.json',
+            'engines.md')
 KEEP_RUN = ('result.json', 'train.log', 'random_arch.json', 'int8.json',
             'int8_table.md', 'searched_arch.json')
 #: What a deployment (``tools/deploy.py --work-dir``) in a sub-folder of the

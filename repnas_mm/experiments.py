@@ -7,9 +7,11 @@ output, and read its results from the files mmengine writes: the scalars of
 training (``<stamp>/vis_data/scalars.json``), the metrics of a test
 (``<stamp>/<stamp>.json``) and the last checkpoint (``last_checkpoint``).
 """
+import ctypes
 import glob
 import json
 import os.path as osp
+import signal
 import subprocess
 import sys
 from typing import Callable, List, Optional, Sequence
@@ -19,6 +21,30 @@ from repnas_mm.errors import UserError
 
 class ToolError(UserError):
     """A tool run by another one failed, or wrote nothing to read."""
+
+
+class ToolKilled(ToolError):
+    """A tool run by another one was killed by a signal (SIGKILL by the
+    kernel's OOM killer, a scheduler or a user): it did not fail by itself,
+    and running it again (resuming) may succeed."""
+
+
+def _prctl():
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_PRCTL = _prctl()  # loaded here: the forked child must not load libraries
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In a child before its exec: be killed when the parent dies, so a
+    training never outlives (and never races) the process that started it
+    (a killed comparison or Ray worker, which is then run again)."""
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def tool_command(name: str, *args) -> List[str]:
@@ -31,27 +57,39 @@ def run_logged(cmd: Sequence, log_path: str,
                echo: Optional[Callable[[str], bool]] = None) -> None:
     """Run ``cmd``, its output appended to ``log_path`` (after the command
     itself); lines for which ``echo`` is true are also printed. Raises
-    :class:`ToolError` naming the log when it fails."""
+    :class:`ToolError` naming the log when it fails (:class:`ToolKilled`
+    when a signal ended it). The tool dies with this process."""
     cmd = [str(c) for c in cmd]
     with open(log_path, 'a') as log:
         log.write(f'$ {" ".join(cmd)}\n')
         log.flush()
         # A tool's stray non-UTF-8 bytes must not end the run that logs it.
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True,
-                                errors='replace', bufsize=1)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, errors='replace', bufsize=1,
+            preexec_fn=_die_with_parent if _PRCTL is not None else None)
         for line in proc.stdout:
             log.write(line)
             if echo is not None and echo(line):
                 sys.stdout.write(line)
                 sys.stdout.flush()
         returncode = proc.wait()
+    if returncode < 0:
+        try:
+            killer = signal.Signals(-returncode).name
+        except ValueError:
+            killer = f'signal {-returncode}'
+        raise ToolKilled(f'{_name(cmd)} was killed by {killer}; log: '
+                         f'{log_path}')
     if returncode != 0:
         raise ToolError(f'{_name(cmd)} failed (exit {returncode}); log: '
                         f'{log_path}')
 
 
 def _name(cmd: Sequence[str]) -> str:
+    for arg in cmd:  # python -m [torch.distributed.run ... -m] repnas_mm...
+        if arg.startswith('repnas_mm.tools.'):
+            return arg.rpartition('.')[2]
     if len(cmd) > 2 and cmd[1] == '-m':
         return cmd[2].rpartition('.')[2]
     return osp.basename(cmd[1]) if len(cmd) > 1 else cmd[0]
@@ -88,5 +126,5 @@ def read_test_metrics(test_dir: str) -> dict:
         return json.load(f)
 
 
-__all__ = ['ToolError', 'last_checkpoint', 'read_scalars',
+__all__ = ['ToolError', 'ToolKilled', 'last_checkpoint', 'read_scalars',
            'read_test_metrics', 'run_logged', 'tool_command']

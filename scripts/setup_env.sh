@@ -72,10 +72,10 @@ else
   fi
 fi
 
-step "OpenMMLab stack and tools ($REQ/runtime.txt, $REQ/tests.txt)"
+step "OpenMMLab stack and tools ($REQ/runtime.txt, $REQ/tests.txt, $REQ/ray.txt)"
 # --only-binary mmcv: never let pip try the (unbuildable) sdist; the wheel comes from our cache.
 "${PIP[@]}" install -q --find-links "$WHEEL_DIR" --only-binary mmcv \
-  -c "$REQ/torch.txt" -r "$REQ/runtime.txt" -r "$REQ/tests.txt"
+  -c "$REQ/torch.txt" -r "$REQ/runtime.txt" -r "$REQ/tests.txt" -r "$REQ/ray.txt"
 
 step "mmdeploy, its SDK runtime and openmim, without their pins ($REQ/deploy.txt, $REQ/mim.txt)"
 "${PIP[@]}" install -q --no-deps -r "$REQ/deploy.txt" -r "$REQ/mim.txt"

@@ -42,6 +42,36 @@ def cls_data_options(root):
     ]
 
 
+TINY_SEARCH = REPO / 'tests' / 'configs' / 'odbb_cls_cifar10_tiny.py'
+
+
+def tiny_grid_args(work, *args, options=()):
+    """tools/compare_architectures.py on TINY_SEARCH and cifar10_tiny, a
+    thread a run: the search fixes its architecture after epoch 1 of 2
+    (so its last validation uses the statistics the checkpoint keeps)."""
+    return ('tools/compare_architectures.py', TINY_SEARCH, '--work-dir', work,
+            '--cpus-per-run', '1', *args, '--cfg-options',
+            *cls_data_options(_data('cifar10_tiny')),
+            'train_cfg.max_epochs=2', 'custom_hooks.0.fix_epoch=1', *options)
+
+
+@pytest.fixture(scope='session')
+def tiny_comparison(tmp_path_factory):
+    """A real comparison, sequential engine (tests/test_compare.py checks
+    it; tests/test_engines.py compares other engines' runs with it):
+    repnas, random and the variant repnas-no_noise, seeds 0 and 1,
+    interrupted after three runs (--max-runs) and continued. (work dir,
+    the first command's output, the second's)."""
+    tmp = tmp_path_factory.mktemp('tiny_comparison')
+    variants = tmp / 'variants.py'
+    variants.write_text("variants = dict(no_noise={'custom_hooks.0.noise': "
+                        "False})\n")
+    args = tiny_grid_args(tmp / 'cmp', '--methods', 'repnas', 'random',
+                          '--seeds', '0', '1', '--variants', variants)
+    first = run_tool(*args, '--max-runs', '3')
+    return tmp / 'cmp', first, run_tool(*args)
+
+
 def det_data_options(root):
     """--cfg-options pointing a (stock-layout) CenterNet config at coco8."""
     return [

@@ -11,9 +11,7 @@ from repnas_mm.compare import (CompareError, method_config, read_variants,
 
 from repnas_mm.evidence import machine_paths, this_machine
 
-from .conftest import REPO, cls_data_options, run_tool
-
-SEARCH_CFG = REPO / 'tests' / 'configs' / 'odbb_cls_cifar10_tiny.py'
+from .conftest import REPO, TINY_SEARCH as SEARCH_CFG, run_tool
 
 
 def test_method_configs_change_only_the_architecture(tmp_path):
@@ -101,22 +99,9 @@ def test_summary_is_mean_and_sample_std_over_seeds():
 
 @pytest.mark.slow
 def test_tiny_comparison_resumes_and_its_table_matches_its_logs(
-        tmp_path, cifar10_tiny):
-    work = tmp_path / 'cmp'
-    variants = tmp_path / 'variants.py'
-    variants.write_text("variants = dict(no_noise={'custom_hooks.0.noise': "
-                        "False})\n")
-    args = ('tools/compare_architectures.py', SEARCH_CFG, '--work-dir', work,
-            '--methods', 'repnas', 'random', '--seeds', '0', '1',
-            '--variants', variants,
-            '--cfg-options', *cls_data_options(cifar10_tiny),
-            # The search fixes its architecture after epoch 1, so its last
-            # validation uses the statistics the checkpoint keeps.
-            'train_cfg.max_epochs=2', 'custom_hooks.0.fix_epoch=1')
-    # Interrupted after three runs (--max-runs), then continued.
-    first = run_tool(*args, '--max-runs', '3')
+        tiny_comparison, tmp_path):
+    work, first, second = tiny_comparison
     assert '3 of 6 runs finished; run again to continue' in first.stdout
-    second = run_tool(*args)
     # Seed by seed: the first three runs were every method of seed 0.
     assert 'run 5/6: random, seed 1' in second.stdout
     assert 'run 6/6: repnas-no_noise, seed 1' in second.stdout
@@ -156,7 +141,7 @@ def test_tiny_comparison_resumes_and_its_table_matches_its_logs(
     # The work dir and the variants file live outside the repository:
     # their folder is mapped to a relative one.
     published = run_tool('tools/publish_results.py', work, out, '--alias',
-                         f'{tmp_path}=work_dirs/study')
+                         f'{work.parent}=work_dirs/study')
     assert published.returncode == 0, published.stderr
     assert not list(out.rglob('config.py')) and not list(out.rglob('*.pth'))
     assert sorted(p.name for p in (out / 'runs' / 'random' / 'seed_0')

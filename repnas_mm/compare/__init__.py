@@ -32,18 +32,25 @@ is reused when the comparison is run again; an interrupted training run
 resumes from its last checkpoint. The table (JSON, markdown, figure) is
 rebuilt from the runs' own result files every time.
 
+The runs execute one after another here, or as Ray tasks on this machine
+or a cluster (``--engine ray``), with the same results: :mod:`.engines`.
+
 One job per module: :mod:`.methods` (each method's config), :mod:`.running`
-(the runs and the grid), :mod:`.report` (the tables and the figure);
+(the runs and the grid), :mod:`.engines` (where the runs execute),
+:mod:`.report` (the tables and the figure);
 :mod:`.widths` is the width study (issue 32) on the same runs.
 """
 from .methods import (METHODS, PRESET_METHODS, CompareError, legal_branches,
                       method_changes, method_config, read_variants,
                       second_stage)
+from .engines import (ENGINES, GridEngine, add_engine_args,
+                      engine_from_args)
 from .report import summarize, write_tables
-from .running import compare, method_maker, run_grid, run_one
+from .running import (compare, execute_run, method_maker, prepare_run,
+                      run_grid, run_one)
 
-__all__ = ['CompareError', 'METHODS', 'PRESET_METHODS', 'compare',
-           'legal_branches', 'method_changes', 'method_config',
-           'method_maker', 'read_variants', 'run_grid', 'run_one',
-           'second_stage', 'summarize',
-           'write_tables']
+__all__ = ['CompareError', 'ENGINES', 'GridEngine', 'METHODS',
+           'PRESET_METHODS', 'add_engine_args', 'compare', 'engine_from_args',
+           'execute_run', 'legal_branches', 'method_changes', 'method_config',
+           'method_maker', 'prepare_run', 'read_variants', 'run_grid',
+           'run_one', 'second_stage', 'summarize', 'write_tables']

@@ -413,9 +413,11 @@ def width_study(config: str, work_dir: str,
                 max_runs: Optional[int] = None,
                 repeats: int = 15,
                 log: Callable[[str], None] = print,
-                command: Optional[str] = None) -> Optional[dict]:
+                command: Optional[str] = None,
+                engine=None) -> Optional[dict]:
     """Run (or continue) the study; measure and report it once every run
-    has finished (None before)."""
+    has finished (None before). ``engine``: where the runs train
+    (:class:`.engines.GridEngine`; default: one after another here)."""
     from repnas_mm.config import read_config
 
     from .running import _relative, run_grid
@@ -427,7 +429,7 @@ def width_study(config: str, work_dir: str,
         log(f'[width study] {label}: budget {m["budget_ms"]:.3f} ms '
             f'predicted; {m["changes"]}')
     runs = run_grid({k: m['make'] for k, m in methods.items()}, seeds,
-                    work_dir, max_runs, log)
+                    work_dir, max_runs, log, engine=engine)
     if len(runs) < len(methods) * len(seeds):
         return None
     latency = measure_latency(runs, space, batches, repeats, log=log)

@@ -4,6 +4,8 @@
     python tools/compare_architectures.py CONFIG --work-dir DIR
         [--methods repnas searched random plain repvgg acb dbb full] [--seeds 0 1 2]
         [--max-runs N] [--variants FILE] [--cfg-options KEY=VALUE ...]
+        [--engine {sequential,ray}] [--address auto|HOST:PORT]
+        [--cpus-per-run N] [--gpus-per-run N]
 
 CONFIG is a RepNAS search config (configs/demo/odbb_fmnist_cls.py,
 configs/odbb_vgg16_cifar10.py, ...). Every method trains with its schedule,
@@ -20,6 +22,10 @@ reused, an interrupted training resumes from its last checkpoint.
 adds ablations of the search: FILE defines variants = {name: {config key:
 value, ...}}, and each variant trains as method repnas-<name>
 (docs/ablation.md; e.g. configs/demo/ablation_variants.py).
+--engine ray runs every run as a Ray task, as many at once as the
+resources allow (--cpus-per-run, --gpus-per-run each), on this machine or
+on the cluster at --address; the results are the same files
+(docs/compare.md#engines).
 """
 import argparse
 import sys
@@ -27,7 +33,8 @@ import sys
 from mmengine.config import DictAction
 
 import repnas_mm  # noqa: F401
-from repnas_mm.compare import METHODS, compare, read_variants
+from repnas_mm.compare import (METHODS, add_engine_args, compare,
+                               engine_from_args, read_variants)
 from repnas_mm.evidence import command_line
 from repnas_mm.runner import run_tool
 
@@ -45,17 +52,20 @@ def parse_args(argv=None):
                         '{config key: value}}: ablations of the search')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config keys of every run')
+    add_engine_args(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     variants = read_variants(args.variants) if args.variants else None
+    engine = engine_from_args(args)
     compare(args.config, args.work_dir, args.methods, args.seeds,
             args.cfg_options, args.max_runs, variants=variants,
             command=command_line([__file__]
                                  + list(argv if argv is not None
-                                        else sys.argv[1:])))
+                                        else sys.argv[1:])),
+            engine=engine)
     return 0
 
 
