@@ -194,6 +194,11 @@ def claims():
         got = max(abs(r['predicted_vs_measured'] - 1) for r in rows)
         assert f'{got:.1%}' == worst, (study, got)
         out += [('README.md', worst), ('docs/widths.md', worst)]
+    # The Ray engine against the sequential one (tools/benchmark_engines.py).
+    engines = _json('engines_demo/engines.json')
+    assert engines['identical_at_same_threads'] is True
+    for doc in ('README.md', 'docs/compare.md'):
+        out.append((doc, f'{engines["speedup_median"]:.2f}x'))
     return out
 
 
