@@ -25,7 +25,6 @@ from repnas_mm.experiments import (last_checkpoint, read_scalars,
 
 from .engines import (GridEngine, GridProgress, GridRun, pinned, run_lock,
                       run_runs, train_command)
-
 from .methods import (METHODS, CompareError, _search_hook, method_changes,
                       method_config)
 from .report import write_tables
