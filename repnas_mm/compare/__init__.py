@@ -47,10 +47,10 @@ from .engines import (ENGINES, GridEngine, add_engine_args,
                       engine_from_args)
 from .report import summarize, write_tables
 from .running import (compare, execute_run, method_maker, prepare_run,
-                      run_grid, run_one)
+                      run_grid)
 
 __all__ = ['CompareError', 'ENGINES', 'GridEngine', 'METHODS',
            'PRESET_METHODS', 'add_engine_args', 'compare', 'engine_from_args',
            'execute_run', 'legal_branches', 'method_changes', 'method_config',
            'method_maker', 'prepare_run', 'read_variants', 'run_grid',
-           'run_one', 'second_stage', 'summarize', 'write_tables']
+           'second_stage', 'summarize', 'write_tables']

@@ -30,22 +30,6 @@ from .methods import (METHODS, CompareError, _search_hook, method_changes,
 from .report import write_tables
 
 
-def run_one(make_config: Callable[[int, str], object], seed: int,
-            run_dir: str, label: str,
-            log: Callable[[str], None] = print,
-            cpus: Optional[int] = None,
-            gpus: Optional[int] = None) -> dict:
-    """Train, fuse, verify and evaluate one run: ``make_config(seed,
-    run_dir)``, the run's config (``label``: its method's name in the
-    table; :func:`method_maker` makes ``make_config`` of a method);
-    ``cpus``, ``gpus``: its resources (:func:`.engines.pinned`)."""
-    prepare_run(make_config, seed, run_dir)
-    result = execute_run(run_dir, label, seed, cpus, gpus)
-    log(f'[compare] {label} seed {seed}: fused top-1 {result["top1"]:.2f}, '
-        f'{result["branches"]} branches, step {result["step_time"]:.4f} s')
-    return result
-
-
 def prepare_run(make_config: Callable[[int, str], object], seed: int,
                 run_dir: str) -> None:
     """Write the run's ``config.py`` (once: a run that is continued keeps
